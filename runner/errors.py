@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
 
 EXIT_USER_ERROR = 2
@@ -15,14 +16,20 @@ class RunnerError(Exception):
         super().__init__(" ".join(str(message).split()))
 
 
-def closest(name: str, choices: Iterable[str], n: int = 3) -> list[str]:
-    """Return the valid names closest to ``name`` (for "did you mean" hints)."""
-    choices = [str(c) for c in choices]
-    found = difflib.get_close_matches(name, choices, n=n, cutoff=0.5)
-    if not found:
-        lowered = {c.lower(): c for c in choices}
-        found = [lowered[c] for c in difflib.get_close_matches(name.lower(), list(lowered), n=n, cutoff=0.5)]
-    return found
+def closest(name: str, choices: Iterable[str], n: int = 3, cutoff: float = 0.6) -> list[str]:
+    """Return the valid names closest to ``name`` (for "did you mean" hints).
+
+    A choice is scored by its best similarity to ``name`` as a whole or through one of its words, so
+    ``'sexx'`` finds ``'C(sex)[T.M]'``.
+    """
+    target = str(name).lower()
+    scored = []
+    for choice in dict.fromkeys(str(c) for c in choices):
+        words = [choice.lower()] + [w for w in re.split(r"[^0-9a-zA-Z_]+", choice.lower()) if w]
+        score = max(difflib.SequenceMatcher(None, target, w).ratio() for w in words)
+        if score >= cutoff:
+            scored.append((-score, len(choice), choice))
+    return [choice for _, _, choice in sorted(scored)[:n]]
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:

@@ -1,0 +1,344 @@
+"""Typed run settings, built once from the composed Hydra config and validated at the door.
+
+Every group is a dataclass; :func:`build_settings` converts the composed config into these objects, refusing unknown
+keys (with the closest valid key), wrong types and out-of-range values with one line naming the key. Code below the
+door receives these objects, never raw DictConfig lookups.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+from runner.errors import RunnerError, closest, did_you_mean
+
+SUBJECT_PATTERN = r"sub-([A-Za-z0-9]+)"
+
+
+def _in_open_unit(name: str, value: float) -> None:
+    if not 0.0 < value < 1.0:
+        raise RunnerError(f"{name} must be in (0, 1), got {value:g}")
+
+
+def _positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise RunnerError(f"{name} must be > 0, got {value:g}")
+
+
+def _non_negative(name: str, value: float) -> None:
+    if not value >= 0:
+        raise RunnerError(f"{name} must be >= 0, got {value:g}")
+
+
+def _one_of(*allowed: Any):
+    def check(name: str, value: Any) -> None:
+        if value not in allowed:
+            raise RunnerError(f"{name} must be one of {', '.join(map(str, allowed))}, got {value!r}")
+    return check
+
+
+def _check(fn) -> dict[str, Any]:
+    return {"check": fn}
+
+
+# -- groups ------------------------------------------------------------------------------------------------------
+@dataclass
+class DataConfig:
+    """Where the maps come from and how they are masked and smoothed."""
+
+    demo: Optional[str] = None  # localizer | paired | vbm: generate/reuse a bundled demo dataset
+    table: Optional[str] = None  # TSV/CSV, one row per map
+    path_column: str = "path"
+    glob: Optional[str] = None  # pattern of map files, joined to `participants` on the BIDS subject label
+    participants: Optional[str] = None
+    subject_pattern: str = SUBJECT_PATTERN
+    subject_column: Optional[str] = None
+    image_4d: Optional[str] = None  # one 4D NIfTI, one row of `table` per volume
+    query: Optional[str] = None  # pandas query selecting rows
+    id_column: Optional[str] = None  # column naming rows in messages (default: participant_id or subject)
+    mask: Optional[str] = None  # explicit mask file; else an automatic mask
+    mask_strategy: str = field(default="nonzero", metadata=_check(_one_of("nonzero", "absolute", "relative")))
+    mask_threshold: float = field(default=0.0, metadata=_check(_non_negative))
+    smoothing_fwhm: Optional[float] = field(default=None, metadata=_check(_non_negative))
+    resample: bool = True
+    nan_policy: str = field(default="exclude", metadata=_check(_one_of("exclude", "error")))
+    dtype: str = field(default="float64", metadata=_check(_one_of("float64", "float32")))
+
+
+@dataclass
+class DesignConfig:
+    """The design: a patsy formula over the table's columns, or a ready design-matrix TSV."""
+
+    formula: Optional[str] = "1"
+    matrix: Optional[str] = None
+    drop_missing: bool = False
+
+
+@dataclass
+class ContrastConfig:
+    """One contrast: a name, an expression over design columns (or weights), and its type."""
+
+    name: str = ""
+    expr: Any = None
+    type: Optional[str] = field(default=None, metadata=_check(_one_of(None, "t", "F")))
+
+
+@dataclass
+class HeightCorrection:
+    """Parametric voxel-wise threshold with optional cluster-extent filter (nilearn's threshold_stats_img)."""
+
+    alpha: float = field(default=0.05, metadata=_check(_in_open_unit))
+    cluster_threshold: int = field(default=0, metadata=_check(_non_negative))
+    two_sided: bool = True
+
+
+@dataclass
+class FprCorrection(HeightCorrection):
+    alpha: float = field(default=0.001, metadata=_check(_in_open_unit))
+
+
+@dataclass
+class FdrCorrection(HeightCorrection):
+    pass
+
+
+@dataclass
+class BonferroniCorrection(HeightCorrection):
+    pass
+
+
+@dataclass
+class PermutationCorrection:
+    """Permutation / sign-flip FWE inference (randomise/PALM style)."""
+
+    alpha: float = field(default=0.05, metadata=_check(_in_open_unit))
+    n_permutations: int = field(default=10000, metadata=_check(_positive))
+    seed: Optional[int] = None  # default: the run's seed
+    two_sided: bool = True
+    method: str = field(default="freedman_lane", metadata=_check(_one_of("freedman_lane", "ter_braak", "manly")))
+    exchangeability_blocks: Optional[str] = None  # table column
+    whole_block: bool = False
+    n_jobs: Optional[int] = None  # default: the run's n_jobs
+
+
+@dataclass
+class MaxTCorrection(PermutationCorrection):
+    pass
+
+
+@dataclass
+class ClusterCorrection(PermutationCorrection):
+    cluster_forming_p: float = field(default=0.001, metadata=_check(_in_open_unit))
+    connectivity: int = field(default=26, metadata=_check(_one_of(6, 18, 26)))
+
+
+@dataclass
+class ClusterSizeCorrection(ClusterCorrection):
+    pass
+
+
+@dataclass
+class ClusterMassCorrection(ClusterCorrection):
+    pass
+
+
+@dataclass
+class TfceCorrection(PermutationCorrection):
+    E: float = field(default=0.5, metadata=_check(_positive))
+    H: float = field(default=2.0, metadata=_check(_positive))
+    dh: Optional[float] = None  # step; None: automatic
+    connectivity: int = field(default=26, metadata=_check(_one_of(6, 18, 26)))
+
+
+@dataclass
+class AriCorrection:
+    """All-Resolutions Inference: lower bound of the true-discovery proportion per cluster."""
+
+    alpha: float = field(default=0.05, metadata=_check(_in_open_unit))
+    thresholds: list[float] = field(default_factory=lambda: [3.0])
+    two_sided: bool = False
+
+
+CORRECTIONS: dict[str, type] = {
+    "fpr": FprCorrection,
+    "fdr": FdrCorrection,
+    "bonferroni": BonferroniCorrection,
+    "maxt": MaxTCorrection,
+    "clustersize": ClusterSizeCorrection,
+    "clustermass": ClusterMassCorrection,
+    "tfce": TfceCorrection,
+    "ari": AriCorrection,
+}
+PARAMETRIC = ("fpr", "fdr", "bonferroni")
+PERMUTATION = ("maxt", "clustersize", "clustermass", "tfce")
+
+
+@dataclass
+class RunSettings:
+    """Everything a run needs, typed and validated."""
+
+    data: DataConfig
+    design: DesignConfig
+    contrasts: list[ContrastConfig]
+    correction: dict[str, Any]
+    seed: int = 0
+    n_jobs: int = 1
+    progress: Optional[bool] = None  # None: on when stderr is a terminal
+    report: bool = True
+    memory_budget_gb: Optional[float] = None
+    overwrite: bool = False
+    resume: bool = False
+    output_root: str = "experiments"
+    name: str = "analysis"
+
+
+TOP_LEVEL_KEYS = {f.name for f in dataclasses.fields(RunSettings)} | {"experiment", "hydra"}
+
+
+def build_settings(config: Any) -> RunSettings:
+    """Convert the composed config (DictConfig or dict) into validated settings; RunnerError on any problem."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(config, (DictConfig, ListConfig)):
+        config = OmegaConf.to_container(config, resolve=True)
+    config = dict(config or {})
+    config.pop("hydra", None)
+    config.pop("experiment", None)
+    _refuse_unknown(config, TOP_LEVEL_KEYS, "")
+    data = convert(DataConfig, config.get("data") or {}, "data")
+    design = convert(DesignConfig, config.get("design") or {}, "design")
+    contrasts = _contrasts(config.get("contrasts"))
+    correction = _corrections(config.get("correction"))
+    top = {k: v for k, v in config.items() if k not in ("data", "design", "contrasts", "correction")}
+    settings = RunSettings(data=data, design=design, contrasts=contrasts, correction=correction,
+                           **{k: _coerce(f"{k}", v, _field_types(RunSettings)[k]) for k, v in top.items()})
+    if settings.n_jobs < 1:
+        raise RunnerError(f"n_jobs must be >= 1, got {settings.n_jobs}")
+    if settings.memory_budget_gb is not None:
+        _positive("memory_budget_gb", settings.memory_budget_gb)
+    sources = [k for k in ("demo", "table", "glob") if getattr(data, k)]
+    if data.image_4d is None and not sources:
+        raise RunnerError("no input data: set data.table, data.glob, data.image_4d or data.demo")
+    if design.formula is None and design.matrix is None:
+        raise RunnerError("set design.formula (e.g. '1') or design.matrix")
+    return settings
+
+
+def convert(cls: type, mapping: Any, prefix: str) -> Any:
+    """Build dataclass ``cls`` from a mapping, checking keys, types and ranges (errors name ``prefix.key``)."""
+    if not isinstance(mapping, dict):
+        raise RunnerError(f"{prefix} must be a mapping of settings, got {mapping!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    _refuse_unknown(mapping, fields, prefix)
+    types_ = _field_types(cls)
+    values = {}
+    for key, value in mapping.items():
+        name = f"{prefix}.{key}" if prefix else key
+        value = _coerce(name, value, types_[key])
+        check = fields[key].metadata.get("check")
+        if check is not None and value is not None:
+            check(name, value)
+        values[key] = value
+    return cls(**values)
+
+
+def _refuse_unknown(mapping: dict, known: Any, prefix: str) -> None:
+    """Refuse keys the schema does not have, naming the closest valid key."""
+    def full(key: str) -> str:
+        return f"{prefix}.{key}" if prefix else str(key)
+
+    for key in mapping:
+        if key not in known:
+            near = closest(str(key), known)
+            hint = ("did you mean " + " or ".join(full(k) for k in near) + "?" if near
+                    else "allowed: " + ", ".join(sorted(full(k) for k in known)))
+            raise RunnerError(f"unknown key {full(key)} — {hint}")
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(name: str, value: Any, annotation: Any) -> Any:
+    """Check ``value`` against a type annotation (Optional, bool, int, float, str, list[float], Any)."""
+    origin = typing.get_origin(annotation)
+    if annotation is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        inner = [o for o in options if o is not type(None)]
+        return _coerce(name, value, inner[0])
+    if value is None:
+        raise RunnerError(f"{name} must be set (got null)")
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise RunnerError(f"{name} must be true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float)
+                                                                              and not value.is_integer()):
+            raise RunnerError(f"{name} must be an integer, got {value!r}")
+        return int(value)
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise RunnerError(f"{name} must be a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise RunnerError(f"{name} must be text, got {value!r}")
+        if "\x00" in value:
+            raise RunnerError(f"{name} contains a NUL character")
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        (item,) = typing.get_args(annotation) or (Any,)
+        return [_coerce(f"{name}[{i}]", v, item) for i, v in enumerate(value)]
+    return value
+
+
+def _contrasts(value: Any) -> list[ContrastConfig]:
+    if value is None:
+        return []
+    if isinstance(value, dict):  # {name: expr} shorthand
+        value = [{"name": k, "expr": v} for k, v in value.items()]
+    if not isinstance(value, list):
+        raise RunnerError(f"contrasts must be a list of {{name, expr, type}}, got {value!r}")
+    out = []
+    for i, item in enumerate(value):
+        if isinstance(item, str):
+            item = {"name": item, "expr": item}
+        contrast = convert(ContrastConfig, item, f"contrasts[{i}]")
+        if not contrast.name:
+            raise RunnerError(f"contrasts[{i}] has no name")
+        if contrast.expr is None:
+            raise RunnerError(f"contrasts[{i}] ({contrast.name}) has no expr")
+        out.append(contrast)
+    names = [c.name for c in out]
+    duplicate = next((n for n in names if names.count(n) > 1), None)
+    if duplicate:
+        raise RunnerError(f"contrast name {duplicate!r} is used twice")
+    return out
+
+
+def _corrections(value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        value = {value: {}}
+    if isinstance(value, list):
+        value = {str(v): {} for v in value}
+    if not isinstance(value, dict):
+        raise RunnerError(f"correction must name methods ({', '.join(CORRECTIONS)}), got {value!r}")
+    out = {}
+    for method, params in value.items():
+        if method not in CORRECTIONS:
+            raise RunnerError(f"unknown correction {method!r}; {did_you_mean(str(method), CORRECTIONS)}")
+        out[method] = convert(CORRECTIONS[method], params or {}, f"correction.{method}")
+    return out
