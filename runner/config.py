@@ -194,6 +194,8 @@ class RunSettings:
     resume: bool = False
     output_root: str = "experiments"
     name: str = "analysis"
+    cache: bool = True
+    cache_dir: Optional[str] = None
 
 
 TOP_LEVEL_KEYS = {f.name for f in dataclasses.fields(RunSettings)} | {"experiment", "hydra"}

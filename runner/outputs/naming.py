@@ -1,0 +1,41 @@
+"""BIDS-derivative output names, built only from sanitised labels so no user string can leave the run directory."""
+
+from __future__ import annotations
+
+import re
+
+_NOT_ALNUM = re.compile(r"[^0-9A-Za-z]+")
+
+
+def safe_label(text: str, fallback: str = "unnamed") -> str:
+    """Turn any user string into a BIDS label: letters and digits only, words camel-cased.
+
+    ``"C(sex)[T.M] - age"`` -> ``"CSexTMAge"``; ``"../../etc/x"`` -> ``"EtcX"``.
+    """
+    words = [w for w in _NOT_ALNUM.split(str(text)) if w]
+    if not words:
+        return fallback
+    label = words[0] + "".join(w[:1].upper() + w[1:] for w in words[1:])
+    return label[:64]
+
+
+def map_name(contrast: str, stat: str, correction: str | None = None, suffix: str = "statmap") -> str:
+    """``contrast-<name>_stat-<stat>[_corr-<method>]_statmap.nii.gz``."""
+    parts = [f"contrast-{safe_label(contrast)}", f"stat-{safe_label(stat)}"]
+    if correction:
+        parts.append(f"corr-{safe_label(correction)}")
+    return "_".join(parts) + f"_{suffix}.nii.gz"
+
+
+def table_name(suffix: str, contrast: str | None = None, correction: str | None = None,
+               stat: str | None = None, extension: str = ".tsv") -> str:
+    """``[contrast-<name>_][stat-<stat>_][corr-<method>_]<suffix>.tsv``."""
+    parts = []
+    if contrast is not None:
+        parts.append(f"contrast-{safe_label(contrast)}")
+    if stat is not None:
+        parts.append(f"stat-{safe_label(stat)}")
+    if correction:
+        parts.append(f"corr-{safe_label(correction)}")
+    parts.append(safe_label(suffix))
+    return "_".join(parts) + extension

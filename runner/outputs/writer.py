@@ -1,0 +1,161 @@
+"""OutputWriter: the one place outputs are named, written atomically and registered for the manifest."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from runner.errors import RunnerError
+from runner.outputs import naming
+from runner.outputs.atomic import sha256_file, write_atomic, write_text_atomic
+
+MANIFEST_NAME = "manifest.json"
+
+
+@dataclass
+class OutputEntry:
+    """One registered output file (paths are relative to the run directory)."""
+
+    path: str
+    kind: str  # map | clusters | table | figure | design | report | text
+    contrast: str | None = None
+    stat: str | None = None
+    correction: str | None = None
+    alpha: float | None = None
+    threshold: float | None = None
+    sha256: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        record = asdict(self)
+        extra = record.pop("extra")
+        record.update(extra)
+        return record
+
+
+def nifti_gz_bytes(volume: np.ndarray, affine: np.ndarray) -> bytes:
+    """A float32 NIfTI-1 image as deterministic gzip bytes (mtime 0, so re-runs are bit-identical)."""
+    image = nib.Nifti1Image(np.asarray(volume, dtype=np.float32), np.asarray(affine, dtype=float))
+    image.header.set_xyzt_units("mm")
+    image.set_qform(image.affine, code=1)
+    image.set_sform(image.affine, code=1)
+    return gzip.compress(image.to_bytes(), compresslevel=6, mtime=0)
+
+
+class OutputWriter:
+    """Write every output of a run atomically under ``run_dir`` and keep the manifest entries."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir).resolve()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.entries: list[OutputEntry] = []
+
+    # -- paths -----------------------------------------------------------------------------------------------
+    def _target(self, name: str) -> Path:
+        target = (self.run_dir / name).resolve()
+        if self.run_dir not in target.parents:
+            raise RunnerError(f"refusing to write {name!r} outside the run directory {self.run_dir}")
+        if any(e.path == name for e in self.entries):
+            raise RunnerError(
+                f"two outputs would both be named {name!r}; give the contrasts names that differ "
+                "in their letters or digits")
+        return target
+
+    def _register(self, name: str, target: Path, kind: str, **meta: Any) -> Path:
+        known = {k: meta.pop(k) for k in ("contrast", "stat", "correction", "alpha", "threshold") if k in meta}
+        for key in ("alpha", "threshold"):
+            if known.get(key) is not None:
+                known[key] = float(known[key])
+        entry = OutputEntry(path=name, kind=kind, sha256=sha256_file(target), extra=meta, **known)
+        self.entries.append(entry)
+        return target
+
+    # -- writers ---------------------------------------------------------------------------------------------
+    def map(self, volume: np.ndarray, affine: np.ndarray, *, contrast: str, stat: str,
+            correction: str | None = None, alpha: float | None = None, threshold: float | None = None,
+            name: str | None = None, **extra: Any) -> Path:
+        """Write a 3D statistical map as NIfTI (float32) named in BIDS-derivative style."""
+        name = name or naming.map_name(contrast, stat, correction)
+        target = self._target(name)
+        payload = nifti_gz_bytes(volume, affine)
+        write_atomic(target, lambda tmp: tmp.write_bytes(payload))
+        return self._register(name, target, "map", contrast=contrast, stat=stat, correction=correction,
+                              alpha=alpha, threshold=threshold, **extra)
+
+    def table(self, frame: pd.DataFrame, *, suffix: str, kind: str = "table", contrast: str | None = None,
+              stat: str | None = None, correction: str | None = None, alpha: float | None = None,
+              threshold: float | None = None, name: str | None = None, **extra: Any) -> Path:
+        """Write a TSV table (``n/a`` for missing values, as BIDS asks): ``[contrast-<c>_][corr-<m>_]<suffix>.tsv``."""
+        name = name or naming.table_name(suffix, contrast=contrast, correction=correction)
+        target = self._target(name)
+        write_atomic(target, lambda tmp: frame.to_csv(tmp, sep="\t", index=False, na_rep="n/a"))
+        return self._register(name, target, kind, contrast=contrast, stat=stat, correction=correction,
+                              alpha=alpha, threshold=threshold, **extra)
+
+    def figure(self, fig: Any, *, name: str, contrast: str | None = None, stat: str | None = None,
+               correction: str | None = None, dpi: int = 100, **extra: Any) -> Path:
+        """Save a matplotlib figure as PNG and close it."""
+        import matplotlib.pyplot as plt
+
+        if not name.endswith(".png"):
+            name += ".png"
+        target = self._target(name)
+        try:
+            write_atomic(target, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight"))
+        finally:
+            plt.close(fig)
+        return self._register(name, target, "figure", contrast=contrast, stat=stat, correction=correction,
+                              **extra)
+
+    def text(self, content: str, *, name: str, kind: str = "text", **extra: Any) -> Path:
+        """Write a text file (config, report)."""
+        target = self._target(name)
+        write_text_atomic(target, content)
+        return self._register(name, target, kind, **extra)
+
+    def register_existing(self, name: str, kind: str, **meta: Any) -> Path:
+        """Register a file written by another tool (e.g. Hydra's config) so it is hashed in the manifest."""
+        target = self._target(name)
+        return self._register(name, target, kind, **meta)
+
+    # -- manifest --------------------------------------------------------------------------------------------
+    def manifest(self, status: str, **fields: Any) -> dict[str, Any]:
+        """The manifest as a dict (outputs in write order)."""
+        record = {"status": status, "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        record.update(fields)
+        record["outputs"] = [e.to_dict() for e in self.entries]
+        return record
+
+    def finalize(self, status: str, **fields: Any) -> Path:
+        """Write manifest.json last and atomically."""
+        record = self.manifest(status, **fields)
+        text = json.dumps(_jsonable(record), indent=2, sort_keys=False, allow_nan=False)
+        return write_text_atomic(self.run_dir / MANIFEST_NAME, text + "\n")
+
+
+def _jsonable(value: Any) -> Any:
+    """Convert numpy scalars and non-finite floats into JSON-safe values."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating, float)):
+        value = float(value)
+        return value if np.isfinite(value) else None
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, Path):
+        return str(value)
+    return value

@@ -1,0 +1,54 @@
+"""Shared fixtures: the real Hydra config composed with overrides, demo data cached once per session."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+CONF = REPO / "conf"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def demo_cache(tmp_path_factory) -> Path:
+    """Demo datasets are generated once per test session into a private cache (never the user's)."""
+    root = Path(os.environ.get("RUNNER_TEST_DEMO_DIR") or tmp_path_factory.mktemp("demo-cache"))
+    os.environ["RUNNER_DEMO_DIR"] = str(root)
+    return root
+
+
+def compose(overrides: list[str] | None = None):
+    """The composed config (as Hydra would build it for the command line) with ``overrides``."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from runner.naming_resolvers import register_resolvers
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=list(overrides or []))
+
+
+def run_analysis(run_dir: Path, overrides: list[str] | None = None) -> dict:
+    """Run one analysis in-process into ``run_dir`` and return its summary."""
+    from omegaconf import OmegaConf
+
+    from runner import app
+    from runner.config import build_settings
+
+    cfg = compose(overrides)
+    settings = build_settings(cfg)
+    return app.run(settings, run_dir, resolved_config=OmegaConf.to_container(cfg, resolve=True),
+                   overrides=list(overrides or []))
+
+
+def run_cli(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python -m runner <args>`` in a subprocess (as a user types it)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, "-m", "runner", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)

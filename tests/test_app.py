@@ -1,0 +1,81 @@
+"""End to end: configs compose, every preset runs on the demo data, outputs are registered and named as promised."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from conftest import REPO, run_analysis, run_cli
+
+PRESETS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
+
+
+def test_default_run_writes_a_complete_manifest(tmp_path):
+    run_dir = tmp_path / "run"
+    summary = run_analysis(run_dir, ["report=false"])
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and summary["status"] == "complete"
+    paths = {entry["path"] for entry in manifest["outputs"]}
+    for stat in ("effect", "variance", "t", "z", "p"):
+        assert f"contrast-mean_stat-{stat}_statmap.nii.gz" in paths
+    assert "contrast-mean_stat-z_corr-fdr_statmap.nii.gz" in paths
+    assert "contrast-mean_corr-fdr_clusters.tsv" in paths
+    assert "design_matrix.tsv" in paths
+    for entry in manifest["outputs"]:
+        assert (run_dir / entry["path"]).is_file()
+        assert entry["kind"] in {"map", "clusters", "table", "figure", "design", "config", "report"}
+    fdr = next(e for e in manifest["outputs"] if e["path"] == "contrast-mean_stat-z_corr-fdr_statmap.nii.gz")
+    assert fdr["correction"] == "fdr" and fdr["alpha"] == 0.05 and fdr["stat"] == "z" and fdr["threshold"] > 2
+    assert len(manifest["inputs"]) == 30 and all(len(i["sha256"]) == 64 for i in manifest["inputs"])
+    assert not list(run_dir.rglob(".tmp-*"))
+
+
+def test_thresholded_map_keeps_exactly_the_voxels_above_threshold(tmp_path):
+    run_dir = tmp_path / "run"
+    run_analysis(run_dir, ["report=false", "correction=[bonferroni]"])
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    entry = next(e for e in manifest["outputs"] if e.get("correction") == "bonferroni" and e["kind"] == "map")
+    z = nib.load(run_dir / "contrast-mean_stat-z_statmap.nii.gz").get_fdata()
+    thresholded = nib.load(run_dir / entry["path"]).get_fdata()
+    expected = np.abs(z) >= entry["threshold"]
+    np.testing.assert_array_equal(thresholded != 0, expected)
+
+
+def test_rerun_into_a_complete_run_is_refused_unless_overwrite(tmp_path):
+    run_dir = tmp_path / "run"
+    run_analysis(run_dir, ["report=false", "correction=[fpr]"])
+    from runner.errors import RunnerError
+
+    with pytest.raises(RunnerError, match="overwrite=true"):
+        run_analysis(run_dir, ["report=false", "correction=[fpr]"])
+    run_analysis(run_dir, ["report=false", "correction=[fpr]", "overwrite=true"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_runs(preset, tmp_path):
+    run_dir = tmp_path / preset
+    run_analysis(run_dir, [f"+experiment={preset}", "report=false"])
+    assert json.loads((run_dir / "manifest.json").read_text())["status"] == "complete"
+
+
+def test_cli_error_is_one_line_and_exit_code_2(tmp_path):
+    result = run_cli(["design.formula=agee", "hydra.run.dir=" + str(tmp_path / "bad")], cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "did you mean 'age'" in errors[0]
+    assert "Traceback" not in result.stderr
+    manifest = json.loads((tmp_path / "bad" / "manifest.json").read_text())
+    assert manifest["status"] == "failed"
+    assert "did you mean" in (tmp_path / "bad" / "run.log").read_text()
+
+
+def test_cli_help_lists_config_groups(tmp_path):
+    result = run_cli(["--help"], cwd=tmp_path)
+    assert result.returncode == 0
+    for group in ("correction:", "data:", "design:", "experiment:"):
+        assert group in result.stdout
