@@ -143,7 +143,7 @@ def run(settings: RunSettings, run_dir: Path, resolved_config: dict[str, Any] | 
     timings = Timings()
     started = time.time()
     fields: dict[str, Any] = {"config_sha256": digest, "seed": settings.seed, "overrides": overrides or [],
-                              "versions": package_versions(), "command": sys.argv}
+                              "versions": package_versions(), "command": sys.argv, "cwd": str(Path.cwd())}
     writer.finalize("running", **fields)
     try:
         summary = _run_stages(settings, writer, timings, resolved_config, fields)

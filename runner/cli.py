@@ -11,7 +11,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from runner.errors import EXIT_USER_ERROR, RunnerError
-from runner.naming_resolvers import register_resolvers
+from runner.hydra_setup import register
 
 log = logging.getLogger("runner")
 
@@ -19,7 +19,7 @@ _SOURCE_CONF = Path(__file__).resolve().parent.parent / "conf"
 # A source checkout reads conf/ at the top of the repository; an installed package carries it as runner.conf.
 CONFIG_PATH = str(_SOURCE_CONF) if (_SOURCE_CONF / "config.yaml").is_file() else "pkg://runner.conf"
 
-register_resolvers()
+register()
 
 
 def _run_dir_and_mode() -> tuple[Path, bool]:

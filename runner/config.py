@@ -12,7 +12,7 @@ import math
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from typing import Any, List, Optional, Union
 
 from runner.errors import RunnerError, closest, did_you_mean
 
@@ -159,7 +159,7 @@ class AriCorrection:
     """All-Resolutions Inference: lower bound of the true-discovery proportion per cluster."""
 
     alpha: float = field(default=0.05, metadata=_check(_in_open_unit))
-    thresholds: list[float] = field(default_factory=lambda: [3.0])
+    thresholds: List[float] = field(default_factory=lambda: [3.0])
     two_sided: bool = False
 
 

@@ -7,6 +7,7 @@ each job validates its own values again when it starts) and converted into the t
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -101,9 +102,9 @@ def compose(config_dir: str, config_name: str, overrides: list[str], user_config
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf.errors import OmegaConfBaseException
 
-    from runner.naming_resolvers import register_resolvers
+    from runner.hydra_setup import register
 
-    register_resolvers()
+    register()
     extra = []
     if user_config_dir:
         user = Path(user_config_dir).expanduser().resolve()
@@ -120,14 +121,41 @@ def compose(config_dir: str, config_name: str, overrides: list[str], user_config
             context = initialize_config_dir(config_dir=config_dir, version_base="1.3")
         with context:
             return hydra_compose(config_name=config_name, overrides=overrides + extra)
-    except OmegaConfBaseException as error:
-        key = getattr(error, "full_key", None)
-        message = str(getattr(error, "msg", None) or error).splitlines()[0]
-        raise RunnerError(f"{key}: {message}" if key else message) from None
     except Exception as error:  # Hydra's composition errors (missing option, bad override) have many types
+        typed = _omegaconf_cause(error, OmegaConfBaseException)
+        if typed is not None:
+            raise RunnerError(_type_message(typed)) from None
         raise RunnerError(_composition_message(error)) from None
     finally:
         GlobalHydra.instance().clear()
+
+
+def _omegaconf_cause(error: BaseException, kind: type) -> Any:
+    """The OmegaConf validation error behind a Hydra composition error, if any."""
+    seen = 0
+    while error is not None and seen < 10:
+        if isinstance(error, kind):
+            return error
+        error = error.__cause__ or error.__context__  # type: ignore[assignment]
+        seen += 1
+    return None
+
+
+def _type_message(error: Any) -> str:
+    """``data.smoothing_fwhm must be a number, got 'abc'`` from an OmegaConf validation error."""
+    key = getattr(error, "full_key", None) or "a value"
+    value = getattr(error, "value", None)
+    expected = getattr(error, "ref_type", None) or getattr(error, "object_type", None)
+    text = str(getattr(error, "msg", None) or error).splitlines()[0]
+    names = {"float": "a number", "int": "an integer", "integer": "an integer", "bool": "true or false",
+             "str": "text", "string": "text"}
+    if "valid bool" in text:
+        return f"{key} must be true or false, got {value!r}"
+    match = re.search(r"to (\w+)", text) or re.search(r"type '(\w+)'", str(expected))
+    wanted = names.get(match.group(1).lower(), match.group(1)) if match else None
+    if wanted and value is not None:
+        return f"{key} must be {wanted}, got {value!r}"
+    return f"{key}: {text}"
 
 
 def _composition_message(error: Exception) -> str:

@@ -26,9 +26,9 @@ def compose(overrides: list[str] | None = None):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from runner.naming_resolvers import register_resolvers
+    from runner.hydra_setup import register
 
-    register_resolvers()
+    register()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return hydra_compose(config_name="config", overrides=list(overrides or []))
 

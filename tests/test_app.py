@@ -57,10 +57,14 @@ def test_rerun_into_a_complete_run_is_refused_unless_overwrite(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", PRESETS)
-def test_every_preset_runs(preset, tmp_path):
+def test_every_preset_runs_and_verifies(preset, tmp_path):
+    from runner.verify import verify
+
     run_dir = tmp_path / preset
     run_analysis(run_dir, [f"+experiment={preset}", "report=false"])
     assert json.loads((run_dir / "manifest.json").read_text())["status"] == "complete"
+    verdict = verify(run_dir)
+    assert verdict.ok, verdict.changed_inputs + verdict.differences
 
 
 def test_cli_error_is_one_line_and_exit_code_2(tmp_path):

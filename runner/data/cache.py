@@ -20,6 +20,7 @@ from typing import Callable
 import numpy as np
 
 from runner.config import DataConfig
+from runner.data.images import read_header
 from runner.data.loader import GroupData
 from runner.data.sources import InputSet
 
@@ -38,7 +39,14 @@ def file_sha256(path: Path, block: int = 1 << 20) -> str:
 
 
 def cache_key(inputs: InputSet, settings: DataConfig) -> tuple[str, dict[str, str]]:
-    """Key of the loaded data, and the sha256 of every input file (read once here)."""
+    """Key of the loaded data, and the sha256 of every input file (read once here).
+
+    Headers are checked first, so a missing or broken file gets its own clear error rather than a hashing failure.
+    """
+    if settings.mask:
+        read_header(Path(settings.mask), what="data.mask")
+    for path in dict.fromkeys(ref.path for ref in inputs.images):
+        read_header(path)
     hashes: dict[str, str] = {}
     for ref in inputs.images:
         if str(ref.path) not in hashes:

@@ -1,0 +1,67 @@
+"""A bad key, a bad type or an out-of-range value is refused with one line and exit code 2, before any data is read."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import run_cli
+from runner.hydra_setup import safe_dirname
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.smothing_fwhm=3", "unknown key data.smothing_fwhm — did you mean data.smoothing_fwhm?"),
+    ("correction.fdr.alpha=5", "correction.fdr.alpha must be in (0, 1), got 5"),
+    ("correction.fdr.alpha=abc", "correction.fdr.alpha must be a number, got 'abc'"),
+    ("data.resample=maybe", "data.resample must be true or false, got 'maybe'"),
+    ("correction.fdr.cluster_threshold=1.5", "correction.fdr.cluster_threshold must be an integer, got 1.5"),
+    ("data=locaizer", "Could not find 'data/locaizer' (available: localizer, paired, table, vbm)"),
+    ("correction=[fdr,fdrr]", "correction/fdrr"),
+    ("sed=3", "unknown key sed — did you mean seed?"),
+    ("n_jobs=0", "n_jobs must be >= 1, got 0"),
+])
+def test_bad_command_line_is_one_line_exit_2(tmp_path, override, message):
+    run_dir = tmp_path / "run"
+    result = run_cli([override, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == [f"error: {lines[0][len('error: '):]}"], result.stderr  # exactly one line
+    assert message in lines[0]
+    assert not run_dir.exists()  # refused before a run directory was made
+
+
+def test_interpolation_works(tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_cli(["+experiment=one_sample", "report=false", "correction=[fpr]", "data.smoothing_fwhm=4",
+                      "seed=${data.smoothing_fwhm}", "seed=4", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("hostile", ["../../etc/x", "a/b", "$(rm -rf ~)", "x;echo hi", "..", "a\x00b", "`id`",
+                                     "  ", "name with spaces", "ü" * 300])
+def test_run_directory_names_stay_single_safe_components(hostile):
+    name = safe_dirname(hostile)
+    assert name and "/" not in name and ".." not in name and "\x00" not in name
+    assert not name.startswith(".") and len(name) <= 130
+    assert all(c.isalnum() or c in "._+=,@-" for c in name)
+
+
+def test_hostile_override_values_stay_inside_experiments(tmp_path):
+    result = run_cli(["name=../../escape", "data.query='age > 0 or age <= 0'", "seed=1", "report=false",
+                      "correction=[fpr]"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    manifests = list(tmp_path.rglob("manifest.json"))
+    assert len(manifests) == 1
+    assert (tmp_path / "experiments") in manifests[0].parents
+    assert not (tmp_path.parent / "escape").exists()
+
+
+def test_user_config_dir_with_own_experiment(tmp_path):
+    own = tmp_path / "my_confs" / "experiment"
+    own.mkdir(parents=True)
+    (own / "my_analysis.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - override /correction: [bonferroni]\nname: mine\n"
+        "contrasts:\n  - {name: mean, expr: Intercept}\n")
+    result = run_cli(["--config-dir", str(tmp_path / "my_confs"), "+experiment=my_analysis", "report=false"],
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert list((tmp_path / "experiments" / "mine").rglob("contrast-mean_stat-z_corr-bonferroni_statmap.nii.gz"))
