@@ -208,6 +208,9 @@ def _run_stages(settings: RunSettings, writer: OutputWriter, timings: Timings, r
     log.info("fitted OLS at %d voxel(s), %d degrees of freedom", data.n_voxels, next(iter(fitted.values())).dof)
     with timings.stage("maps"):
         results.write_contrast_maps(writer, data, contrasts, fitted)
+        if settings.report:
+            for contrast in contrasts:
+                results.write_covariate_figure(writer, data, design, contrast, fitted[contrast.name])
     summary: dict[str, Any] = {"contrasts": {}}
     with timings.stage("parametric"):
         for method in (m for m in settings.correction if m in PARAMETRIC):

@@ -56,6 +56,48 @@ def write_contrast_maps(writer: OutputWriter, data: GroupData, contrasts: list[C
                         n_nan)
 
 
+def covariate_of_interest(contrast: Contrast, design: Design) -> int | None:
+    """Index of the single continuous design column a t contrast tests (e.g. age in VBM), else None."""
+    if contrast.stat_type != "t":
+        return None
+    weights = np.flatnonzero(contrast.vector)
+    if weights.size != 1:
+        return None
+    column = design.matrix.iloc[:, int(weights[0])].to_numpy(dtype=float)
+    return int(weights[0]) if np.unique(column).size > 2 else None
+
+
+def write_covariate_figure(writer: OutputWriter, data: GroupData, design: Design, contrast: Contrast,
+                           result: glm.ContrastResult) -> None:
+    """Partial-residual scatter at the contrast's peak voxel against the covariate it tests, with the fitted slope.
+
+    The other regressors' fitted contributions are removed from the values, so the points scatter around the line
+    of slope equal to the contrast's effect (as in SPM's "plot fitted responses"); the mean of the removed part is
+    added back so the values stay on their natural scale.
+    """
+    from runner.outputs import figures
+
+    column = covariate_of_interest(contrast, design)
+    z = np.where(np.isfinite(result.z), result.z, 0.0)
+    if column is None or not np.any(z):
+        return
+    peak = int(np.argmax(np.abs(z)))
+    X = design.matrix.to_numpy(dtype=float)
+    y = np.asarray(data.Y[:, peak], dtype=float)
+    beta = np.linalg.lstsq(X, y, rcond=None)[0]
+    others = np.arange(X.shape[1]) != column
+    nuisance = X[:, others] @ beta[others]
+    adjusted = y - nuisance + nuisance.mean()  # keep the values on their natural scale
+    peak_mm = data.affine @ np.r_[np.argwhere(data.mask)[peak], 1.0]
+    name = design.columns[column]
+    title = (f"{contrast.name}: peak voxel ({peak_mm[0]:.0f}, {peak_mm[1]:.0f}, {peak_mm[2]:.0f}) mm, "
+             f"z = {z[peak]:.2f}")
+    figure = figures.covariate_scatter_figure(adjusted, X[:, column], name, title, fitted=(float(nuisance.mean()), float(beta[column])),
+                                              value_label="value adjusted for other regressors")
+    writer.figure(figure, name=f"contrast-{_label(contrast.name)}_scatter.png", contrast=contrast.name,
+                  view="scatter", peak_mm=[float(v) for v in peak_mm[:3]])
+
+
 def effective_two_sided(result: glm.ContrastResult, requested: bool) -> bool:
     """F statistics are one-sided by nature (their z is the upper tail)."""
     return requested and result.stat_type == "t"
