@@ -50,8 +50,9 @@ CLUSTER_COLUMNS = {  # known cluster-table columns: header shown, in display ord
     "size_mm3": "Volume (mm³)",
     "tdp": "TDP ≥",
     "true_discoveries": "True discoveries ≥",
+    "p_fwe": "p (FWE)",
 }
-HIDDEN_CLUSTER_COLUMNS = ("i", "j", "k")  # voxel indices: the mm coordinates say the same to a reader
+HIDDEN_CLUSTER_COLUMNS = ("i", "j", "k", "peak_i", "peak_j", "peak_k")  # voxel indices: the mm coordinates say the same to a reader
 PATH_SUFFIXES = (".nii", ".nii.gz", ".img", ".hdr", ".mgz", ".gii")
 
 
@@ -95,7 +96,8 @@ class ReportPage:
         self.contrasts = contrasts
         self.fields = fields or {}
         self.results: dict[str, dict[str, Any]] = dict((summary or {}).get("contrasts") or {})
-        self.placed: set[str] = set()
+        self.placed: set[str] = set()  # figures shown
+        self.unreadable: set[str] = set()  # figures registered whose file cannot be read
         names = [getattr(c, "name", str(c)) for c in contrasts]
         names += [c for c in self.results if c not in names]
         names += [e.contrast for e in entries if e.contrast and e.contrast not in names]
@@ -180,10 +182,15 @@ class ReportPage:
                     continue
                 for key in ("notes", "warnings"):
                     found += [f"{contrast}, {method}: {n}" for n in _as_list(row.get(key))]
-                n_permutations = row.get("n_permutations")
-                if isinstance(n_permutations, (int, float)) and 0 < n_permutations < FEW_PERMUTATIONS:
-                    found.append(f"{contrast}, {method}: only {int(n_permutations)} permutations; the smallest "
-                                 f"attainable p-value is {1 / n_permutations:.2g}, so corrected p-values are coarse")
+                entry = self.thresholded_map(contrast, method)
+                n_permutations = row.get("n_permutations", entry.extra.get("n_permutations") if entry else None)
+                exhaustive = bool(entry.extra.get("exhaustive")) if entry else False
+                already = any("permutations" in note and contrast in note for note in found)
+                if (isinstance(n_permutations, (int, float)) and 0 < n_permutations < FEW_PERMUTATIONS
+                        and not exhaustive and not already):
+                    found.append(f"contrast {contrast}, {method}: only {int(n_permutations)} permutations; the "
+                                 f"smallest attainable p-value is {1 / n_permutations:.2g}, so corrected p-values "
+                                 "are coarse")
         return list(dict.fromkeys(found))
 
     def warnings_section(self) -> str:
@@ -291,7 +298,8 @@ class ReportPage:
         facts.append(("rows excluded", str(len(dropped))))
         parts.append(_html_table(["", ""], [[esc(k), esc(v)] for k, v in facts], css="compact keyvalue",
                                  header=False))
-        parts.append("<h3>Covariates</h3>" + self.covariate_summary(table))
+        parts.append(f"<h3>Covariates of the {_count(len(table), 'map')} analysed</h3>"
+                     + self.covariate_summary(table))
         if len(dropped):
             parts.append("<h3>Rows excluded</h3>" + self.dropped_table(dropped))
         if len(table):
@@ -428,7 +436,7 @@ class ReportPage:
         extra = [e for e in self.figures() if e.contrast == name and e.correction is None
                  and not e.path.endswith("_design.png") and e.path not in self.placed]
         if extra:
-            parts.append("<h3>Other figures</h3>" + "".join(self.figure_html(e) for e in extra))
+            parts.append(f"<h3>{esc(name)} · more figures</h3>" + "".join(self.figure_html(e) for e in extra))
         return "".join(parts) + "</section>"
 
     def method_section(self, name: str, method: str) -> str:
@@ -439,10 +447,11 @@ class ReportPage:
         parts.append(self.method_facts(name, method, row, map_entry))
         figures = sorted((e for e in self.figures() if e.contrast == name and e.correction == method),
                          key=lambda e: _view_rank(e))
-        if figures:
-            parts.append("".join(self.figure_html(e) for e in figures))
-        else:
-            parts.append('<p class="muted">No figure was made for this correction.</p>')
+        shown = "".join(self.figure_html(e) for e in figures)
+        parts.append(shown or '<p class="muted">No figure was made for this correction.</p>')
+        missing = [e.path for e in figures if e.path in self.unreadable]
+        if missing:
+            parts.append(f'<p class="muted">Figure file(s) missing: {esc(", ".join(missing))}</p>')
         tables = [e for e in self.entries if e.kind == "clusters" and e.contrast == name and e.correction == method]
         for entry in tables:
             parts.append(self.cluster_table(entry))
@@ -461,6 +470,9 @@ class ReportPage:
         extent = map_entry.extra.get("cluster_threshold") if map_entry is not None else None
         if extent:
             facts.append(("cluster extent", f"≥ {_fmt(extent)} voxels"))
+        if map_entry is not None and map_entry.extra.get("n_permutations") and "n_permutations" not in row:
+            facts.append(("permutations", f"{int(map_entry.extra['n_permutations']):,}"
+                          + (" (exhaustive)" if map_entry.extra.get("exhaustive") else "")))
         if row.get("n_voxels") is not None:
             facts.append(("voxels surviving", f"{int(row['n_voxels']):,}"))
         if row.get("n_clusters") is not None:
@@ -531,7 +543,9 @@ class ReportPage:
         try:
             payload = base64.b64encode(path.read_bytes()).decode("ascii")
         except OSError:
-            log.warning("report: figure %s is registered but cannot be read; left out", entry.path)
+            if entry.path not in self.unreadable:
+                log.warning("report: figure %s is registered but cannot be read; left out", entry.path)
+            self.unreadable.add(entry.path)
             return ""
         self.placed.add(entry.path)
         view = str(entry.extra.get("view") or "")
@@ -562,7 +576,8 @@ class ReportPage:
 
     def other_figures_section(self) -> str:
         # Rendered after the contrast sections so that only figures no section showed land here.
-        return "".join(self.figure_html(e) for e in self.figures() if e.path not in self.placed)
+        return "".join(self.figure_html(e) for e in self.figures()
+                       if e.path not in self.placed and e.path not in self.unreadable)
 
     # -- run information ---------------------------------------------------------------------------------------
     def run_section(self) -> str:
@@ -602,8 +617,9 @@ class ReportPage:
         return [m for m in self.methods_in_order() if m in present]
 
     def thresholded_map(self, contrast: str, method: str) -> OutputEntry | None:
-        return next((e for e in self.entries if e.kind == "map" and e.contrast == contrast
-                     and e.correction == method), None)
+        """The map a correction thresholded (the one with a threshold when there are several, e.g. logp too)."""
+        maps = [e for e in self.entries if e.kind == "map" and e.contrast == contrast and e.correction == method]
+        return next((e for e in maps if e.threshold is not None), maps[0] if maps else None)
 
 
 # -- small helpers -----------------------------------------------------------------------------------------------
