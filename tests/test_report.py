@@ -152,7 +152,7 @@ def assert_self_contained(text: str, page: Page) -> None:
 def complex_run(tmp_path_factory) -> Path:
     """Group difference with covariates, t and F contrasts, FPR and FDR (one FDR table is empty)."""
     run_dir = tmp_path_factory.mktemp("report") / "complex"
-    run_analysis(run_dir, ["+experiment=complex_contrast"])
+    run_analysis(run_dir, ["+experiment=complex_contrast", "cache=false"])
     return run_dir
 
 
@@ -170,7 +170,7 @@ def dropped_row_run(tmp_path_factory) -> Path:
     table.to_csv(folder / "table.tsv", sep="\t", index=False, na_rep="n/a")
     run_dir = folder / "run"
     run_analysis(run_dir, [f"data.table={folder / 'table.tsv'}", "design.formula=age",
-                           "design.drop_missing=true", "correction=[fdr]",
+                           "design.drop_missing=true", "correction=[fdr]", "cache=false",
                            """contrasts=[{name:'<i>age</i> & "slope"',expr:age}]"""])
     return run_dir
 
@@ -338,7 +338,8 @@ def test_sweep_summary_page_links_every_report_and_plots_surviving_voxels(tmp_pa
 
     sweep = tmp_path / "sweep"
     for fwhm in (0, 6):
-        run_analysis(sweep / f"data.smoothing_fwhm-{fwhm}", ["correction=fdr", f"data.smoothing_fwhm={fwhm}"])
+        run_analysis(sweep / f"data.smoothing_fwhm-{fwhm}", ["correction=fdr", f"data.smoothing_fwhm={fwhm}",
+                                                              "cache=false"])
     broken = sweep / "data.smoothing_fwhm-bad" / ".hydra"
     broken.mkdir(parents=True)
     (broken / "overrides.yaml").write_text("- correction=fdr\n- data.smoothing_fwhm=bad\n")

@@ -51,7 +51,10 @@ CLUSTER_COLUMNS = {  # known cluster-table columns: header shown, in display ord
     "tdp": "TDP ≥",
     "true_discoveries": "True discoveries ≥",
     "p_fwe": "p (FWE)",
+    "mass": "Mass",
 }
+CLUSTER_STATISTICS = {"clustersize": ("cluster size", " voxels"), "clustermass": ("cluster mass", ""),
+                      "tfce": ("TFCE", "")}  # what the critical value of a cluster-wise method measures
 HIDDEN_CLUSTER_COLUMNS = ("i", "j", "k", "peak_i", "peak_j", "peak_k")  # voxel indices: the mm coordinates say the same to a reader
 PATH_SUFFIXES = (".nii", ".nii.gz", ".img", ".hdr", ".mgz", ".gii")
 
@@ -222,6 +225,12 @@ class ReportPage:
             return "none reachable"
         if method == "ari":
             return f"z ≥ {_fmt(threshold, 3)} (cluster-forming)"
+        if method in CLUSTER_STATISTICS:
+            measure, unit = CLUSTER_STATISTICS[method]
+            params = (getattr(self.settings, "correction", None) or {}).get(method)
+            forming = getattr(params, "cluster_forming_p", None)
+            return (f"{measure} ≥ {_fmt(threshold, 4)}{unit}"
+                    + (f" (cluster-forming p < {_fmt(forming)})" if forming and method != "tfce" else ""))
         entry = self.thresholded_map(contrast, method)
         two_sided = (entry.extra.get("two_sided") if entry else None)
         stat = (entry.stat if entry and entry.stat else "z")
@@ -698,6 +707,8 @@ def _weight_cell(weight: float) -> str:
 def _cluster_cell(column: str, value: Any) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return '<td class="num muted"></td>'
+    if column == "sign" and isinstance(value, (int, float, np.number)):
+        return f"<td>{'+' if value > 0 else '−'}</td>"
     if column in ("cluster_id", "sign"):
         return f"<td>{esc(value)}</td>"
     if column in ("x", "y", "z"):
