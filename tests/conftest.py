@@ -18,6 +18,7 @@ def demo_cache(tmp_path_factory) -> Path:
     """Demo datasets are generated once per test session into a private cache (never the user's)."""
     root = Path(os.environ.get("RUNNER_TEST_DEMO_DIR") or tmp_path_factory.mktemp("demo-cache"))
     os.environ["RUNNER_DEMO_DIR"] = str(root)
+    os.environ["RUNNER_TEST_DATA_CACHE"] = str(tmp_path_factory.mktemp("data-cache"))
     return root
 
 
@@ -40,6 +41,9 @@ def run_analysis(run_dir: Path, overrides: list[str] | None = None) -> dict:
     from runner import app
     from runner.config import build_settings
 
+    overrides = list(overrides or [])
+    if not any(o.startswith("cache_dir=") for o in overrides) and os.environ.get("RUNNER_TEST_DATA_CACHE"):
+        overrides.append(f"cache_dir={os.environ['RUNNER_TEST_DATA_CACHE']}")  # never the repository's experiments/
     cfg = compose(overrides)
     settings = build_settings(cfg)
     return app.run(settings, run_dir, resolved_config=OmegaConf.to_container(cfg, resolve=True),

@@ -40,8 +40,9 @@ def write_design(writer: OutputWriter, design: Design, contrasts: list[Contrast]
 
 
 def write_contrast_maps(writer: OutputWriter, data: GroupData, contrasts: list[Contrast],
-                        fitted: dict[str, glm.ContrastResult]) -> None:
-    """Effect, variance, t (or F), z and p maps of every contrast (0 outside the mask)."""
+                        fitted: dict[str, glm.ContrastResult]) -> list[str]:
+    """Effect, variance, t (or F), z and p maps of every contrast (0 outside the mask); returns warnings."""
+    notes: list[str] = []
     for contrast in contrasts:
         result = fitted[contrast.name]
         maps = {"effect": result.effect, "variance": result.variance, "t": result.stat, "F": result.stat,
@@ -52,8 +53,11 @@ def write_contrast_maps(writer: OutputWriter, data: GroupData, contrasts: list[C
                        stat=stat, dof=result.dof, stat_type=result.stat_type)
         n_nan = int(np.sum(~np.isfinite(result.stat)))
         if n_nan:
-            log.warning("contrast %s: %d voxel(s) have no statistic (zero variance across maps)", contrast.name,
-                        n_nan)
+            message = (f"contrast {contrast.name}: {n_nan} voxel(s) have no statistic (zero residual variance "
+                       "across maps); they are NaN in the maps and never survive a threshold")
+            log.warning(message)
+            notes.append(message)
+    return notes
 
 
 def covariate_of_interest(contrast: Contrast, design: Design) -> int | None:
@@ -144,12 +148,17 @@ def ari_inference(writer: OutputWriter, data: GroupData, contrast: Contrast, res
     meta = dict(contrast=contrast.name, correction="ari", alpha=params.alpha)
     writer.map(tdp_total, data.affine, stat="tdp", thresholds=list(params.thresholds), **meta)
     writer.table(table, suffix="clusters", kind="clusters", stat="tdp", **meta)
+    inside = tdp_total != 0
+    z3d = data.unmask(z)
+    peak_index = np.unravel_index(int(np.argmax(np.where(inside, np.abs(z3d), -1.0))), z3d.shape)
+    peak_mm = tuple(float(v) for v in (data.affine @ np.r_[peak_index, 1.0])[:3]) if inside.any() else None
     if report:
         write_map_figures(writer, data, tdp_total, None, contrast.name, "tdp", "ari",
-                          f"{contrast.name}: true-discovery proportion (ARI, alpha={params.alpha:g})")
+                          f"{contrast.name}: true-discovery proportion (ARI, alpha={params.alpha:g})",
+                          cut_coords_mm=peak_mm)
     return {"threshold": float(min(params.thresholds)), "n_voxels": int(np.count_nonzero(tdp_total)),
-            "n_clusters": int(len(table)), "peak": float(np.max(np.abs(tdp_total))) if tdp_total.size else 0.0,
-            "alpha": params.alpha}
+            "n_clusters": int(len(table)), "peak": float(z3d[peak_index]) if inside.any() else 0.0,
+            "max_tdp": float(np.max(np.abs(tdp_total))) if tdp_total.size else 0.0, "alpha": params.alpha}
 
 
 # -- figures -----------------------------------------------------------------------------------------------------
@@ -170,15 +179,17 @@ def _background(shape: tuple[int, ...], affine_bytes: bytes) -> np.ndarray:
 
 
 def write_map_figures(writer: OutputWriter, data: GroupData, volume: np.ndarray, threshold: float | None,
-                      contrast: str, stat: str, correction: str | None, title: str) -> None:
-    """Orthogonal slices through the peak, an axial montage and a glass brain of one map."""
+                      contrast: str, stat: str, correction: str | None, title: str,
+                      cut_coords_mm: tuple[float, float, float] | None = None) -> None:
+    """Orthogonal slices through the peak (or ``cut_coords_mm``), an axial montage and a glass brain of one map."""
     from runner.outputs import figures_brain
 
     background = background_for(data)
     shown = threshold if threshold is not None and np.isfinite(threshold) else None
     base = f"contrast-{_label(contrast)}_stat-{_label(stat)}" + (f"_corr-{_label(correction)}" if correction else "")
     meta = dict(contrast=contrast, stat=stat, correction=correction)
-    writer.figure(figures_brain.stat_map_slices_figure(volume, data.affine, background, shown, title),
+    writer.figure(figures_brain.stat_map_slices_figure(volume, data.affine, background, shown, title,
+                                                       cut_coords_mm=cut_coords_mm),
                   name=f"{base}_slices.png", view="slices", **meta)
     writer.figure(figures_brain.stat_map_montage_figure(volume, data.affine, background, shown, title),
                   name=f"{base}_montage.png", view="montage", **meta)
