@@ -94,8 +94,9 @@ def t_contrast(fit: OLSFit, contrast: np.ndarray) -> ContrastResult:
     variance = float(c @ fit.covariance_unscaled @ c) * fit.residual_variance
     with np.errstate(divide="ignore", invalid="ignore"):
         t = np.where(variance > 0, effect / np.sqrt(variance), np.nan)
-    z = stats.t_to_z(t, fit.dof)
-    p = np.exp(stats.t_logsf(t, fit.dof))
+    log_p = stats.t_logsf(t, fit.dof)
+    z = stats.t_to_z(t, fit.dof, log_p)
+    p = np.exp(log_p)
     return ContrastResult("t", effect, variance, t, p, z, fit.dof, 1)
 
 

@@ -50,12 +50,21 @@ def z_from_logsf(log_p: np.ndarray) -> np.ndarray:
     return -special.ndtri_exp(np.asarray(log_p, dtype=float))
 
 
-def t_to_z(t: np.ndarray, dof: float) -> np.ndarray:
+def t_to_z(t: np.ndarray, dof: float, log_sf: np.ndarray | None = None) -> np.ndarray:
     """Convert t statistics to z-scores with the same one-sided tail probability (exact in the far tails).
 
     Uses the symmetry of both distributions, z(-t) = -z(t), so negative statistics are as exact as positive ones.
+    ``log_sf`` (``t_logsf(t, dof)``, if already computed) saves the tail computation for the positive values.
     """
     t = np.asarray(t, dtype=float)
+    if log_sf is not None:
+        log_tail = np.where(t < 0, 0.0, log_sf)  # NaN statistics keep their NaN
+        negative = t < 0
+        if np.any(negative):
+            log_tail = log_tail.copy()
+            log_tail[negative] = t_logsf(-t[negative], dof)
+        magnitude = z_from_logsf(log_tail)
+        return np.where(t < 0, -magnitude, magnitude)
     magnitude = z_from_logsf(t_logsf(np.abs(t), dof))
     return np.where(t < 0, -magnitude, magnitude)
 

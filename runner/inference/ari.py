@@ -14,11 +14,10 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 from nibabel.affines import apply_affine
-from scipy import ndimage
 from scipy.stats import norm
 
 from runner.errors import RunnerError
-from runner.inference.clusters import DEFAULT_CONNECTIVITY, label, voxel_volume
+from runner.inference.clusters import DEFAULT_CONNECTIVITY, label, label_maxima, voxel_volume
 from runner.inference.parametric import check_alpha, finite_values
 
 DEFAULT_THRESHOLDS = (3.0,)
@@ -186,9 +185,8 @@ def cluster_tdp(
         tdp = discoveries / sizes
         tdp_map[in_cluster] = tdp[cluster_of_voxel - 1]
 
-        index = np.arange(1, n_clusters + 1)
-        peak_stats = np.asarray(ndimage.maximum(z_map, labels, index))
-        peak_ijk = np.array(ndimage.maximum_position(z_map, labels, index), dtype=int).reshape(-1, 3)
+        peak_stats, flat_peaks = label_maxima(z_map, labels, n_clusters)
+        peak_ijk = np.column_stack(np.unravel_index(flat_peaks, labels.shape)).astype(int).reshape(-1, 3)
         for rank, cluster in enumerate(np.argsort(-peak_stats, kind="stable")):
             rows.append({
                 "threshold": threshold,
