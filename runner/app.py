@@ -23,13 +23,17 @@ import numpy as np
 from runner import model
 from runner.config import PARAMETRIC, PERMUTATION, RunSettings
 from runner.contrasts import Contrast, build_contrast
-from runner.data.loader import GroupData, load_group_data
+from runner.chunks import memory_budget_bytes
+from runner.data.checks import validate_table
+from runner.data.loader import CheckedInputs, GroupData, load_group_data, validate_inputs
 from runner.data.sources import InputSet, apply_query, from_4d, from_glob, from_table
 from runner.design import Design, build_design
 from runner.errors import RunnerError
 from runner.outputs.atomic import remove_stale_temporaries
 from runner.outputs.manifest import read_manifest
-from runner.outputs.writer import MANIFEST_NAME, OutputWriter
+from runner.outputs.naming import check_distinct_labels
+from runner.outputs.writer import OutputWriter, remove_partial_outputs
+from runner.signals import interruptible
 
 log = logging.getLogger("runner")
 
@@ -103,6 +107,8 @@ def id_column(settings: RunSettings, inputs: InputSet) -> str | None:
 
 def make_design(settings: RunSettings, inputs: InputSet) -> tuple[Design, InputSet]:
     """Design matrix, dropping (or refusing) rows with missing values; the inputs restricted to the kept rows."""
+    inputs = validate_table(inputs, None if settings.design.matrix else settings.design.formula,
+                            id_column(settings, inputs))
     design = build_design(inputs.table, formula=None if settings.design.matrix else settings.design.formula,
                           matrix_path=Path(settings.design.matrix) if settings.design.matrix else None,
                           drop_missing=settings.design.drop_missing, id_column=id_column(settings, inputs))
@@ -119,6 +125,7 @@ def make_contrasts(settings: RunSettings, design: Design) -> list[Contrast]:
     if not settings.contrasts:
         raise RunnerError("no contrasts: add e.g. contrasts=[{name:mean,expr:Intercept}]; design columns are "
                           + ", ".join(design.columns))
+    check_distinct_labels(c.name for c in settings.contrasts)
     contrasts = [build_contrast(c.name, c.expr, design.columns, c.type) for c in settings.contrasts]
     for c in contrasts:
         log.info("contrast %s (%s): %s", c.name, c.stat_type,
@@ -146,18 +153,20 @@ def run(settings: RunSettings, run_dir: Path, resolved_config: dict[str, Any] | 
                               "versions": package_versions(), "command": sys.argv, "cwd": str(Path.cwd())}
     writer.finalize("running", **fields)
     try:
-        summary = _run_stages(settings, writer, timings, resolved_config, fields)
+        with interruptible():  # SIGTERM/SIGINT -> Interrupted: the manifest says so, temporaries go
+            summary = _run_stages(settings, writer, timings, resolved_config, fields)
+            fields.update(timings=dict(timings), elapsed_seconds=round(time.time() - started, 3), summary=summary)
+            writer.finalize("complete", **fields)
     except BaseException as error:
         status = "failed" if isinstance(error, Exception) else "interrupted"
         fields.update(error=str(error).splitlines()[0] if str(error) else type(error).__name__,
                       timings=dict(timings), elapsed_seconds=round(time.time() - started, 3))
         try:
+            remove_stale_temporaries(run_dir)
             writer.finalize(status, **fields)
         except Exception:  # never hide the original error behind a manifest problem
             pass
         raise
-    fields.update(timings=dict(timings), elapsed_seconds=round(time.time() - started, 3), summary=summary)
-    writer.finalize("complete", **fields)
     log.info("complete: %d output(s) in %s (%.1f s)", len(writer.entries), run_dir, time.time() - started)
     return {"run_dir": str(run_dir), "status": "complete", **summary}
 
@@ -174,12 +183,8 @@ def prepare_run_dir(run_dir: Path, settings: RunSettings, digest: str) -> None:
     removed = remove_stale_temporaries(run_dir) if run_dir.exists() else 0
     if removed:
         log.info("removed %d temporary file(s) left by an interrupted run", removed)
-    if previous is not None:
-        for entry in previous.get("outputs", []):
-            target = (run_dir / entry.get("path", "")).resolve()
-            if run_dir.resolve() in target.parents and target.is_file():
-                target.unlink()
-        (run_dir / MANIFEST_NAME).unlink(missing_ok=True)
+    if run_dir.exists() and remove_partial_outputs(run_dir, previous):
+        log.info("removed the outputs of the previous run in %s", run_dir)
 
 
 def _run_stages(settings: RunSettings, writer: OutputWriter, timings: Timings, resolved: dict[str, Any],
@@ -193,21 +198,22 @@ def _run_stages(settings: RunSettings, writer: OutputWriter, timings: Timings, r
         inputs = gather_inputs(settings)
         design, inputs = make_design(settings, inputs)
         contrasts = make_contrasts(settings, design)
+        checked = validate_inputs(inputs, settings.data)  # every header, before any voxel is decoded
     with timings.stage("load"):
-        data, fields["data_cache"] = load_with_progress(inputs, settings)
+        data, fields["data_cache"] = load_with_progress(inputs, settings, checked, writer.run_dir)
     fields["inputs"] = [{"path": str(ref), "sha256": data.input_sha256.get(str(ref.path))} for ref in data.inputs]
     fields["n_maps"], fields["n_voxels"] = data.n_maps, data.n_voxels
     fields["notes"] = list(inputs.notes) + list(design.notes) + list(data.notes)
     with timings.stage("design_outputs"):
         results.write_design(writer, design, contrasts, report=settings.report)
     with timings.stage("fit"):
-        budget = settings.memory_budget_gb * 1024**3 / 4 if settings.memory_budget_gb else None
         fitted = model.fit_contrasts(data.Y, design.matrix.to_numpy(dtype=float), contrasts,
-                                     memory_budget_bytes=budget, n_jobs=settings.n_jobs)
+                                     memory_budget_bytes=memory_budget_bytes(settings.memory_budget_gb),
+                                     n_jobs=settings.n_jobs)
     fields["dof"] = {c.name: fitted[c.name].dof for c in contrasts}
     log.info("fitted OLS at %d voxel(s), %d degrees of freedom", data.n_voxels, next(iter(fitted.values())).dof)
     with timings.stage("maps"):
-        results.write_contrast_maps(writer, data, contrasts, fitted)
+        fields["notes"].extend(results.write_contrast_maps(writer, data, contrasts, fitted))
         if settings.report:
             for contrast in contrasts:
                 results.write_covariate_figure(writer, data, design, contrast, fitted[contrast.name])
@@ -242,8 +248,11 @@ def _run_stages(settings: RunSettings, writer: OutputWriter, timings: Timings, r
     return summary
 
 
-def load_with_progress(inputs: InputSet, settings: RunSettings) -> tuple[GroupData, str]:
+def load_with_progress(inputs: InputSet, settings: RunSettings, checked: CheckedInputs | None = None,
+                       scratch_dir: Path | None = None) -> tuple[GroupData, str]:
     """Load the maps (from the data cache when another run already loaded the same inputs the same way).
+
+    Studies larger than half the memory budget are memory-mapped from a file in ``scratch_dir``.
 
     Returns the data and the cache outcome: ``"hit"``, ``"miss"`` or ``"off"``.
     """
@@ -252,7 +261,9 @@ def load_with_progress(inputs: InputSet, settings: RunSettings) -> tuple[GroupDa
     def load() -> GroupData:
         with progress_bar(total=len(inputs.images), desc="loading maps", unit="map",
                           enabled=settings.progress) as bar:
-            return load_group_data(inputs, settings.data, n_jobs=max(1, settings.n_jobs), progress=bar.update)
+            return load_group_data(inputs, settings.data, n_jobs=max(1, settings.n_jobs), progress=bar.update,
+                                   memory_budget_bytes=memory_budget_bytes(settings.memory_budget_gb),
+                                   scratch_dir=scratch_dir, checked=checked)
 
     if not settings.cache:
         return load(), "off"

@@ -1,17 +1,55 @@
-"""Voxel chunks: the one loop over the data. OLS and max-statistics are independent per voxel, so a study larger than
-memory, or one spread over a cluster, is the same code with another loop here (e.g. a Dask bag of chunks)."""
+"""Voxel chunks: the one loop over the data, and the memory budget that sizes it.
+
+OLS and max-statistics are independent per voxel: the model fits one chunk of voxels at a time, and a max-T null
+distribution is the element-wise maximum of per-chunk maxima (:func:`reduce_chunks` with ``np.maximum``). Every
+loop goes through :func:`ordered_map`, which runs locally (threads: numpy releases the GIL in BLAS) or on any
+``concurrent.futures.Executor`` given as ``executor`` -- e.g. ``dask.distributed.Client(...).get_executor()`` hands
+the chunks to a cluster without changing the callers (the data must then be a file the workers can memory-map).
+"""
 
 from __future__ import annotations
 
+import collections
+import functools
+import mmap
+import os
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import TypeVar
 
 import numpy as np
 
 T = TypeVar("T")
+R = TypeVar("R")
 
+GIB = 1024**3
 DEFAULT_CHUNK_BYTES = 256 * 1024**2  # working set per chunk when no budget is given
+DEFAULT_BUDGET_FRACTION = 0.5  # memory_budget_gb=null: half of the memory available when the run starts
+FALLBACK_AVAILABLE_BYTES = 4 * GIB  # when the system does not say how much memory is available
+MIN_WORKING_BYTES = 16 * 1024**2  # never plan chunks on less than this, whatever the budget says
+
+
+# -- the budget --------------------------------------------------------------------------------------------------
+def available_memory_bytes() -> int:
+    """Memory the system can give this process now: MemAvailable from /proc/meminfo (Linux), else free pages."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return FALLBACK_AVAILABLE_BYTES
+
+
+def memory_budget_bytes(memory_budget_gb: float | None) -> int:
+    """The run's memory budget in bytes: the setting, or half of the available memory when it is null."""
+    if memory_budget_gb:
+        return int(float(memory_budget_gb) * GIB)
+    return int(DEFAULT_BUDGET_FRACTION * available_memory_bytes())
 
 
 def chunk_slices(n_voxels: int, chunk_size: int) -> list[slice]:
@@ -23,27 +61,77 @@ def chunk_slices(n_voxels: int, chunk_size: int) -> list[slice]:
 def chunk_size_for(n_rows: int, n_voxels: int, budget_bytes: float | None = None, copies: int = 4,
                    itemsize: int = 8) -> int:
     """Voxels per chunk so that ``copies`` float arrays of (n_rows x chunk) fit in the budget."""
-    budget = DEFAULT_CHUNK_BYTES if budget_bytes is None else float(budget_bytes)
+    budget = DEFAULT_CHUNK_BYTES if budget_bytes is None else max(float(budget_bytes), MIN_WORKING_BYTES)
     per_voxel = max(1, n_rows) * itemsize * copies
     return int(max(1, min(n_voxels, budget // per_voxel)))
 
 
-def map_chunks(func: Callable[[slice], T], slices: Iterable[slice], n_jobs: int = 1,
-               progress: Callable[[int], None] | None = None) -> Iterator[T]:
-    """Apply ``func`` to every voxel slice, in order, locally (threads: numpy releases the GIL in BLAS)."""
-    slices = list(slices)
-    if n_jobs <= 1 or len(slices) <= 1:
-        for piece in slices:
-            result = func(piece)
-            if progress:
-                progress(piece.stop - piece.start)
-            yield result
+# -- the loop ----------------------------------------------------------------------------------------------------
+def ordered_map(func: Callable[[T], R], items: Iterable[T], n_jobs: int = 1, executor: Executor | None = None,
+                lookahead: int | None = None) -> Iterator[R]:
+    """``map(func, items)`` in order, on ``n_jobs`` local threads or on ``executor``.
+
+    At most ``lookahead`` (default 2 x n_jobs) items are in flight, so results waiting to be consumed stay few
+    (memory is bounded whatever the number of items) and an interruption cancels what has not started.
+    """
+    if executor is None and n_jobs <= 1:
+        for item in items:
+            yield func(item)
         return
-    with ThreadPoolExecutor(max_workers=n_jobs) as pool:
-        for piece, result in zip(slices, pool.map(func, slices)):
-            if progress:
-                progress(piece.stop - piece.start)
-            yield result
+    pool = executor or ThreadPoolExecutor(max_workers=n_jobs)
+    limit = lookahead or 2 * max(1, n_jobs)
+    pending: collections.deque = collections.deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(func, item))
+            if len(pending) >= limit:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()
+        if executor is None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def map_chunks(func: Callable[[slice], T], slices: Iterable[slice], n_jobs: int = 1,
+               progress: Callable[[int], None] | None = None, executor: Executor | None = None) -> Iterator[T]:
+    """Apply ``func`` to every voxel slice, in order (locally, or on ``executor``: see the module docstring)."""
+    slices = list(slices)
+    for piece, result in zip(slices, ordered_map(func, slices, n_jobs=n_jobs, executor=executor)):
+        if progress:
+            progress(piece.stop - piece.start)
+        yield result
+
+
+def reduce_chunks(func: Callable[[slice], R], slices: Iterable[slice], combine: Callable[[R, R], R],
+                  n_jobs: int = 1, executor: Executor | None = None) -> R:
+    """Combine per-chunk results, e.g. ``combine=np.maximum`` over per-chunk maxima for max-T null distributions."""
+    return functools.reduce(combine, map_chunks(func, slices, n_jobs=n_jobs, executor=executor))
+
+
+# -- reading chunks ----------------------------------------------------------------------------------------------
+def read_chunk(Y: np.ndarray, piece: slice) -> np.ndarray:
+    """Voxels ``piece`` of every map as a float64 copy (statistics are float64 whatever the storage type).
+
+    When ``Y`` is memory-mapped, the file pages touched are released afterwards, so a study larger than memory
+    holds one chunk at a time (the operating system keeps them in its page cache, outside the process).
+    """
+    block = np.array(Y[:, piece], dtype=np.float64)
+    release_pages(Y)
+    return block
+
+
+def release_pages(array: np.ndarray) -> None:
+    """Drop the pages of a memory-mapped array from this process (the file keeps the data)."""
+    handle = getattr(array, "_mmap", None)
+    if handle is None or not hasattr(handle, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    try:
+        handle.madvise(mmap.MADV_DONTNEED)
+    except (OSError, ValueError):  # closed, or a platform without it: memory is then the OS's business
+        pass
 
 
 def as_float64(block: np.ndarray) -> np.ndarray:

@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from runner.errors import EXIT_USER_ERROR, RunnerError
 from runner.hydra_setup import register
+from runner.signals import Interrupted
 
 log = logging.getLogger("runner")
 
@@ -53,6 +54,11 @@ def task(cfg: DictConfig) -> dict[str, Any]:
         if multirun:
             return {"run_dir": str(run_dir), "status": "failed", "error": str(error)}
         sys.exit(EXIT_USER_ERROR)
+    except Interrupted as stop:  # the manifest already says "interrupted"; stop the whole sweep too
+        message = f"error: {stop}; the run in {run_dir} is incomplete (re-run to redo it)"
+        log.error(message)
+        print(message, file=sys.stderr)
+        sys.exit(stop.exit_code)
 
 
 def _record_failure(run_dir: Path, error: str, overrides: list[str]) -> None:

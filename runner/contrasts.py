@@ -79,7 +79,8 @@ def _parse_expression(name: str, expression: str, columns: list[str]) -> np.ndar
     if not expression.strip():
         raise RunnerError(f"contrast {name!r} has an empty expression")
     try:
-        constraint = patsy.DesignInfo(columns).linear_constraint(expression)
+        with np.errstate(all="ignore"):  # '1/0' must give one error line, not numpy warnings
+            constraint = patsy.DesignInfo(columns).linear_constraint(expression)
     except patsy.PatsyError:
         unknown = _unknown_token(expression, columns)
         if unknown:
@@ -89,6 +90,8 @@ def _parse_expression(name: str, expression: str, columns: list[str]) -> np.ndar
                           f"design columns ({', '.join(columns)})") from None
     if constraint.coefs.shape[0] != 1:
         raise RunnerError(f"contrast {name!r}: {expression!r} must be one linear combination")
+    if not np.all(np.isfinite(constraint.coefs)):
+        raise RunnerError(f"contrast {name!r}: {expression!r} gives non-finite weights (a division by zero?)")
     return constraint.coefs[0].astype(float)
 
 

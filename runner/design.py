@@ -90,12 +90,12 @@ def check_design(matrix: pd.DataFrame) -> None:
     if not np.all(np.isfinite(values)):
         column = matrix.columns[np.flatnonzero(~np.isfinite(values).all(axis=0))[0]]
         raise RunnerError(f"design column {column!r} has non-finite values (log of zero or a negative number?)")
+    if n <= p:  # before the rank: with fewer maps than columns the design is rank deficient too, for this reason
+        raise RunnerError(f"{n} input maps are too few for a design with {p} column(s): at least {p + 1} are "
+                          "needed to estimate the residual variance")
     rank = design_rank(values)
     if rank < p:
         raise RunnerError("the design matrix is rank deficient: " + describe_collinearity(matrix))
-    if n <= p:
-        raise RunnerError(f"{n} input maps are too few for a design with {p} column(s): at least {p + 1} are "
-                          "needed to estimate the residual variance")
 
 
 def describe_collinearity(matrix: pd.DataFrame) -> str:

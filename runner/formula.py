@@ -145,7 +145,8 @@ def evaluate_formula(formula: str, table: pd.DataFrame) -> pd.DataFrame:
     environment = patsy.EvalEnvironment([namespace])
     data = pd.DataFrame({c: _patsy_ready(table[c]) for c in table.columns}, index=table.index)
     try:
-        matrix = patsy.dmatrix(formula, data, eval_env=environment, return_type="dataframe", NA_action="raise")
+        with np.errstate(all="ignore"):  # log(0) and friends: design.check_design names the non-finite column
+            matrix = patsy.dmatrix(formula, data, eval_env=environment, return_type="dataframe", NA_action="raise")
     except patsy.PatsyError as error:
         raise RunnerError(f"design.formula {formula!r} cannot be evaluated: {_first_line(error)}") from None
     except (ValueError, TypeError, KeyError, ArithmeticError) as error:

@@ -1,36 +1,60 @@
-"""Fit the GLM and compute every contrast, voxel chunk by voxel chunk."""
+"""Fit the GLM and compute every contrast, voxel chunk by voxel chunk within a memory budget."""
 
 from __future__ import annotations
+
+import logging
+from concurrent.futures import Executor
 
 import numpy as np
 
 from runner import glm
-from runner.chunks import as_float64, chunk_size_for, chunk_slices, map_chunks
+from runner.chunks import chunk_size_for, chunk_slices, map_chunks, read_chunk
 from runner.contrasts import Contrast
+
+log = logging.getLogger(__name__)
+
+RESULT_ARRAYS = 6  # effect, variance, stat, p, z (+ a temporary) per contrast and voxel, float64
+CHUNK_COPIES = 4  # float64 (n x chunk) arrays alive while one chunk is fitted: data, fitted values, residuals
+
+
+def resident_bytes(Y: np.ndarray) -> int:
+    """Bytes of ``Y`` held in this process's memory (0 for a memory-mapped file)."""
+    return 0 if isinstance(Y, np.memmap) else int(Y.nbytes)
 
 
 def fit_contrasts(Y: np.ndarray, X: np.ndarray, contrasts: list[Contrast], *,
-                  memory_budget_bytes: float | None = None, n_jobs: int = 1) -> dict[str, glm.ContrastResult]:
+                  memory_budget_bytes: float | None = None, n_jobs: int = 1,
+                  executor: Executor | None = None) -> dict[str, glm.ContrastResult]:
     """Fit OLS and compute all contrasts, processing voxels in chunks sized to the memory budget.
 
     Parameters
     ----------
-    Y : (n, V) data, any float dtype (a memmap works: only one chunk is read at a time).
+    Y : (n, V) data, any float dtype (a memmap works: one chunk is read at a time, then its pages are released).
     X : (n, p) design matrix.
     contrasts : contrasts to compute.
+    memory_budget_bytes : memory the whole run may use; the data held in memory and the results are taken off it,
+        the rest is shared by the ``n_jobs`` chunks in flight. None: 256 MB per chunk.
+    executor : run the chunks on this ``concurrent.futures.Executor`` (e.g. Dask's) instead of local threads.
 
     Returns
     -------
     dict mapping contrast name to its :class:`runner.glm.ContrastResult` over all V voxels.
     """
     n, n_voxels = Y.shape
-    size = chunk_size_for(n, n_voxels, memory_budget_bytes)
+    working = None
+    if memory_budget_bytes is not None:
+        results = RESULT_ARRAYS * 8 * n_voxels * sum(max(1, c.matrix.shape[0]) for c in contrasts)
+        working = (float(memory_budget_bytes) - resident_bytes(Y) - results) / max(1, n_jobs)
+    size = chunk_size_for(n, n_voxels, working, copies=CHUNK_COPIES)
+    slices = chunk_slices(n_voxels, size)
+    log.info("fitting OLS at %d voxel(s) of %d map(s) in %d chunk(s) of up to %d voxel(s)%s", n_voxels, n,
+             len(slices), size, " (data memory-mapped)" if isinstance(Y, np.memmap) else "")
 
     def one_chunk(piece: slice) -> dict[str, glm.ContrastResult]:
-        fit = glm.ols_fit(as_float64(Y[:, piece]), X)
+        fit = glm.ols_fit(read_chunk(Y, piece), X)
         return {c.name: glm.compute_contrast(fit, c.matrix, c.stat_type) for c in contrasts}
 
-    parts = list(map_chunks(one_chunk, chunk_slices(n_voxels, size), n_jobs=n_jobs))
+    parts = list(map_chunks(one_chunk, slices, n_jobs=n_jobs, executor=executor))
     return {c.name: _concatenate([part[c.name] for part in parts]) for c in contrasts}
 
 

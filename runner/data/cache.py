@@ -21,7 +21,7 @@ import numpy as np
 
 from runner.config import DataConfig
 from runner.data.images import read_header
-from runner.data.loader import GroupData
+from runner.data.loader import GroupData, save_rows
 from runner.data.sources import InputSet
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ def _write_entry(entry: Path, data: GroupData) -> None:
     entry.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=entry.parent))
     try:
-        np.save(staging / "Y.npy", np.ascontiguousarray(data.Y))
+        save_rows(staging / "Y.npy", data.Y)  # in blocks: a memory-mapped Y is never held whole
         np.save(staging / "mask.npy", data.mask)
         np.save(staging / "affine.npy", data.affine)
         (staging / "meta.json").write_text(json.dumps({"notes": list(data.notes)}))

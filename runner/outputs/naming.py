@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
+
+from runner.errors import RunnerError
 
 _NOT_ALNUM = re.compile(r"[^0-9A-Za-z]+")
 
@@ -17,6 +20,17 @@ def safe_label(text: str, fallback: str = "unnamed") -> str:
         return fallback
     label = words[0] + "".join(w[:1].upper() + w[1:] for w in words[1:])
     return label[:64]
+
+
+def check_distinct_labels(names: Iterable[str], what: str = "contrasts") -> None:
+    """Refuse names that would write files with the same name (compared without case, as macOS and Windows do)."""
+    seen: dict[str, str] = {}
+    for name in names:
+        label = safe_label(name)
+        if label.lower() in seen:
+            raise RunnerError(f"{what} {seen[label.lower()]!r} and {name!r} would write files with the same name "
+                              f"({label}); rename one so they differ in their letters or digits")
+        seen[label.lower()] = name
 
 
 def map_name(contrast: str, stat: str, correction: str | None = None, suffix: str = "statmap") -> str:

@@ -18,6 +18,7 @@ from runner.outputs import naming
 from runner.outputs.atomic import sha256_file, write_atomic, write_text_atomic
 
 MANIFEST_NAME = "manifest.json"
+JOURNAL_NAME = ".outputs-journal"  # names of outputs about to be written; removed once the run is complete
 
 
 @dataclass
@@ -60,13 +61,18 @@ class OutputWriter:
 
     # -- paths -----------------------------------------------------------------------------------------------
     def _target(self, name: str) -> Path:
+        """The path of a new output; its name is journaled first, so a re-run can remove it if this run dies."""
         target = (self.run_dir / name).resolve()
-        if self.run_dir not in target.parents:
-            raise RunnerError(f"refusing to write {name!r} outside the run directory {self.run_dir}")
+        if ("/" in name or "\\" in name or "\x00" in name or name.startswith(".")
+                or target.parent != self.run_dir):
+            raise RunnerError(f"refusing to write {name!r}: outputs are plain file names in the run directory "
+                              f"{self.run_dir}")
         if any(e.path == name for e in self.entries):
             raise RunnerError(
                 f"two outputs would both be named {name!r}; give the contrasts names that differ "
                 "in their letters or digits")
+        with open(self.run_dir / JOURNAL_NAME, "a", encoding="utf-8") as journal:
+            journal.write(name + "\n")
         return target
 
     def _register(self, name: str, target: Path, kind: str, **meta: Any) -> Path:
@@ -135,10 +141,35 @@ class OutputWriter:
         return record
 
     def finalize(self, status: str, **fields: Any) -> Path:
-        """Write manifest.json last and atomically."""
+        """Write manifest.json last and atomically (a complete run then drops its journal)."""
         record = self.manifest(status, **fields)
         text = json.dumps(_jsonable(record), indent=2, sort_keys=False, allow_nan=False)
-        return write_text_atomic(self.run_dir / MANIFEST_NAME, text + "\n")
+        path = write_text_atomic(self.run_dir / MANIFEST_NAME, text + "\n")
+        if status == "complete":
+            (self.run_dir / JOURNAL_NAME).unlink(missing_ok=True)
+        return path
+
+
+def remove_partial_outputs(run_dir: Path, previous: dict[str, Any] | None) -> int:
+    """Delete what an earlier run into ``run_dir`` wrote: the outputs its manifest lists, those its journal names
+    (written, or being written, before they were registered), then the journal and the manifest.
+
+    Returns the number of output files removed. Only plain files inside ``run_dir`` are touched.
+    """
+    run_dir = Path(run_dir).resolve()
+    names = [str(entry.get("path", "")) for entry in (previous or {}).get("outputs", [])]
+    journal = run_dir / JOURNAL_NAME
+    if journal.is_file():
+        names += journal.read_text(encoding="utf-8", errors="replace").splitlines()
+    removed = 0
+    for name in dict.fromkeys(n for n in names if n):
+        target = (run_dir / name).resolve()
+        if target.parent == run_dir and target.is_file() and target.name not in (MANIFEST_NAME, JOURNAL_NAME):
+            target.unlink()
+            removed += 1
+    journal.unlink(missing_ok=True)
+    (run_dir / MANIFEST_NAME).unlink(missing_ok=True)
+    return removed
 
 
 def _jsonable(value: Any) -> Any:
