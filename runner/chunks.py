@@ -27,6 +27,10 @@ DEFAULT_CHUNK_BYTES = 256 * 1024**2  # working set per chunk when no budget is g
 DEFAULT_BUDGET_FRACTION = 0.5  # memory_budget_gb=null: half of the memory available when the run starts
 FALLBACK_AVAILABLE_BYTES = 4 * GIB  # when the system does not say how much memory is available
 MIN_WORKING_BYTES = 16 * 1024**2  # never plan chunks on less than this, whatever the budget says
+# Chunks are at most this wide, and a multiple of CHUNK_ALIGN voxels when the budget makes them narrower: a run's
+# numbers then do not depend on its budget (BLAS rounds the same way for the same width), only on the chunk width.
+MAX_CHUNK_VOXELS = 32768
+CHUNK_ALIGN = 1024
 
 
 # -- the budget --------------------------------------------------------------------------------------------------
@@ -60,10 +64,14 @@ def chunk_slices(n_voxels: int, chunk_size: int) -> list[slice]:
 
 def chunk_size_for(n_rows: int, n_voxels: int, budget_bytes: float | None = None, copies: int = 4,
                    itemsize: int = 8) -> int:
-    """Voxels per chunk so that ``copies`` float arrays of (n_rows x chunk) fit in the budget."""
+    """Voxels per chunk so that ``copies`` float arrays of (n_rows x chunk) fit in the budget (at most
+    MAX_CHUNK_VOXELS, rounded down to a multiple of CHUNK_ALIGN when that is possible)."""
     budget = DEFAULT_CHUNK_BYTES if budget_bytes is None else max(float(budget_bytes), MIN_WORKING_BYTES)
     per_voxel = max(1, n_rows) * itemsize * copies
-    return int(max(1, min(n_voxels, budget // per_voxel)))
+    size = int(min(MAX_CHUNK_VOXELS, budget // per_voxel))
+    if size >= CHUNK_ALIGN:
+        size -= size % CHUNK_ALIGN
+    return int(max(1, min(n_voxels, size)))
 
 
 # -- the loop ----------------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from runner.contrasts import Contrast
 log = logging.getLogger(__name__)
 
 RESULT_ARRAYS = 6  # effect, variance, stat, p, z (+ a temporary) per contrast and voxel, float64
-CHUNK_COPIES = 4  # float64 (n x chunk) arrays alive while one chunk is fitted: data, fitted values, residuals
+CHUNK_COPIES = 4  # float64 (n x chunk) arrays alive while one chunk is fitted: data, fitted values, residuals, |Y|
 
 
 def resident_bytes(Y: np.ndarray) -> int:
@@ -45,10 +45,11 @@ def fit_contrasts(Y: np.ndarray, X: np.ndarray, contrasts: list[Contrast], *,
     if memory_budget_bytes is not None:
         results = RESULT_ARRAYS * 8 * n_voxels * sum(max(1, c.matrix.shape[0]) for c in contrasts)
         working = (float(memory_budget_bytes) - resident_bytes(Y) - results) / max(1, n_jobs)
-    size = chunk_size_for(n, n_voxels, working, copies=CHUNK_COPIES)
+    mapped = isinstance(Y, np.memmap)  # its pages of one chunk are resident until read_chunk releases them
+    size = chunk_size_for(n, n_voxels, working, copies=CHUNK_COPIES + mapped)
     slices = chunk_slices(n_voxels, size)
     log.info("fitting OLS at %d voxel(s) of %d map(s) in %d chunk(s) of up to %d voxel(s)%s", n_voxels, n,
-             len(slices), size, " (data memory-mapped)" if isinstance(Y, np.memmap) else "")
+             len(slices), size, " (data memory-mapped)" if mapped else "")
 
     def one_chunk(piece: slice) -> dict[str, glm.ContrastResult]:
         fit = glm.ols_fit(read_chunk(Y, piece), X)

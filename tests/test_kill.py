@@ -62,7 +62,10 @@ def outputs_not_in_manifest(run_dir: Path) -> set[str]:
 
 @pytest.mark.parametrize("n_jobs", [1, 2])
 def test_sigterm_mid_fit_leaves_an_interrupted_manifest_and_a_rerun_cleans_up(n_jobs, study, capsys, monkeypatch):
-    process = start_slow_run(study.overrides(f"n_jobs={n_jobs}", "cache=false"), study.root, 2.0 * n_jobs)
+    # n_jobs=1: the signal interrupts the sleeping fit at once; n_jobs=2: the main thread stops waiting at once, and the
+    # worker finishes its chunk (1.5 s here) before the run cleans up.
+    process = start_slow_run(study.overrides(f"n_jobs={n_jobs}", "cache=false"), study.root,
+                             30.0 if n_jobs == 1 else 1.5)
     wait_for_fit(process, study.run_dir / "run.log")
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=60)

@@ -179,9 +179,11 @@ def load_group_data(inputs: InputSet, settings: DataConfig, *, n_jobs: int = 1,
         mask_values, _ = read_volume(checked.mask_header.path, what="data.mask", header=checked.mask_header)
         explicit = binarise_mask(mask_values, str(checked.mask_header.path))
     dtype = np.dtype(settings.dtype)
-    region = explicit if explicit is not None else np.ones(grid.shape, dtype=bool)
-    n_region = int(region.sum())
+    # Maps are kept from the scan (no second decode) when they fit easily: only the voxels that can still be in the
+    # mask (the explicit mask, or those the first map does not exclude), never whole volumes.
+    n_region = int(explicit.sum()) if explicit is not None else int(np.prod(grid.shape))
     keep_decoded = 2 * len(images) * n_region * dtype.itemsize <= IN_MEMORY_SHARE * budget
+    region = explicit
     step = 1.0 if keep_decoded else 0.5
     off_grid = set(checked.off_grid)
 
@@ -192,17 +194,20 @@ def load_group_data(inputs: InputSet, settings: DataConfig, *, n_jobs: int = 1,
 
     def scan_one(index: int, volume: np.ndarray, digest: str) -> _Scan:
         volume = prepare(index, volume)
-        decoded = (smooth_volume(volume, grid.affine, settings.smoothing_fwhm)[region].astype(dtype)
-                   if keep_decoded else None)
+        decoded = smooth_volume(volume, grid.affine, settings.smoothing_fwhm) if keep_decoded else None
         return _Scan(np.isfinite(volume), MaskRule(settings.mask_strategy, settings.mask_threshold).passes(volume),
                      volume != 0, digest, decoded)
 
     scan = _MaskScan(grid.shape, explicit)
-    retained = np.empty((len(images), n_region), dtype=dtype) if keep_decoded else None
+    retained = None
     for index, result in enumerate(_decode(inputs, checked, n_jobs, scan_one)):
         scan.add(index, result)
-        if retained is not None:
-            retained[index] = result.decoded
+        if result.decoded is not None:
+            if retained is None:
+                region = region if region is not None else result.passes | ~result.finite
+                retained = np.empty((len(images), int(region.sum())), dtype=dtype)
+            retained[index] = result.decoded[region]
+            result.decoded = None
         if progress:
             progress(step)
     mask, scan_notes = scan.finish(images, settings, lambda work: _decode(inputs, checked, n_jobs, work), prepare)
@@ -230,7 +235,7 @@ class _Scan:
     passes: np.ndarray  # the automatic mask rule (ignored with an explicit mask)
     nonzero: np.ndarray
     digest: str
-    decoded: np.ndarray | None  # smoothed in-region values, when the maps are kept from the scan
+    decoded: np.ndarray | None  # the smoothed map, when the maps are kept from the scan
 
 
 class _MaskScan:
