@@ -166,7 +166,7 @@ def test_null_distributions_equal_the_literal_reference(case):
     rng = np.random.default_rng(abs(hash(case)) % 2**32)
     mask = small_mask()
     X = make_design(spec["design"], spec["n"], rng)
-    Y = smooth_data(rng, spec["n"], mask) + 0.4 * rng.standard_normal((spec["n"], 1)) * (X[:, -1:] if X.shape[1] > 1 else 1)
+    Y = smooth_data(rng, spec["n"], mask) + 0.4 * rng.standard_normal((spec["n"], 1)) * X[:, -1:]
     C = np.asarray(spec["contrast"])
     options = PermutationOptions(n_permutations=30, seed=1, two_sided=spec["two_sided"], method=spec["method"],
                                  cluster_forming_p=0.05, connectivity=26)
@@ -385,10 +385,10 @@ def test_voxel_chunks_combine_to_the_whole():
 def test_progress_callback_counts_every_element():
     calls = []
     Y = np.random.default_rng(0).standard_normal((9, 40))
-    permutation_inference(Y, np.ones((9, 1)), [[1.0]], None, ["maxt"],
-                          PermutationOptions(n_permutations=300, progress=lambda done, total: calls.append((done, total))))
+    options = PermutationOptions(n_permutations=300, progress=lambda done, total: calls.append((done, total)))
+    permutation_inference(Y, np.ones((9, 1)), [[1.0]], None, ["maxt"], options)
     assert calls[0] == (1, 300) and calls[-1] == (300, 300)
-    assert all(a[0] < b[0] for a, b in zip(calls, calls[1:]))
+    assert all(a[0] < b[0] for a, b in zip(calls, calls[1:], strict=False))
 
 
 # ------------------------------------------------------------------------------------------ errors

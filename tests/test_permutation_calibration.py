@@ -64,7 +64,7 @@ def test_one_sample_sign_flips_control_the_family_wise_error():
 
 @pytest.mark.slow
 def test_freedman_lane_controls_the_family_wise_error_with_a_correlated_nuisance():
-    """The regressor of interest has no effect; a nuisance covariate correlated with it (r about 0.7) has a large one."""
+    """No effect of the regressor of interest; a large one of a nuisance covariate correlated with it (r ~ 0.7)."""
     mask = np.ones(GRID, dtype=bool)
     n = 16
     rng = np.random.default_rng(7)

@@ -31,6 +31,7 @@ maximum over both tails, as randomise and PALM do with ``-twotail``-style tests.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -48,6 +49,7 @@ from runner.inference.permutation_sets import (
     PermutationSet,
     check_blocks,
     choose_scheme,
+    invariant_subspace,
     make_permutation_set,
 )
 from runner.inference.tfce import VoxelGraph, label_components, tfce, tfce_maxima, voxel_graph
@@ -125,16 +127,56 @@ class PermutationResult:
 
 @dataclass(frozen=True)
 class PermutationModel:
-    """Orthonormal bases of a partitioned design: ``basis[:, :n_effects]`` spans the effect, the rest the nuisance."""
+    """Orthonormal bases of a partitioned design: ``basis[:, :n_effects]`` spans the effect, the rest the nuisance.
+
+    Only the first ``n_shuffled`` columns move under the permutations; the others (nuisance directions that
+    every permutation leaves in place, such as the intercept when rows are permuted) project the shuffled data
+    to the same value as the unshuffled data, so they are computed once instead of once per permutation.
+    """
 
     basis: np.ndarray
     n_effects: int
     dof: int
     stat_type: StatType
+    n_shuffled: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.n_shuffled is None:
+            object.__setattr__(self, "n_shuffled", self.basis.shape[1])
 
     @property
     def nuisance(self) -> np.ndarray:
         return self.basis[:, self.n_effects :]
+
+    @property
+    def moving(self) -> np.ndarray:
+        """Basis columns whose projections change from one permutation to the next."""
+        return self.basis[:, : self.n_shuffled]
+
+    @property
+    def fixed(self) -> np.ndarray:
+        """Nuisance columns invariant under the permutations."""
+        return self.basis[:, self.n_shuffled :]
+
+
+def separate_invariant_nuisance(model: PermutationModel, invariant: np.ndarray) -> PermutationModel:
+    """Move nuisance directions lying in ``invariant`` (vectors every permutation keeps) to the end of the basis.
+
+    For a permutation P with P' u = u, ``u' (P R) = u' R``: such a direction adds the same sum of squares to the
+    fit of every permutation. Found as the principal directions between the nuisance space and ``invariant``
+    with cosine 1.
+    """
+    nuisance = model.nuisance
+    if nuisance.shape[1] == 0 or invariant.shape[1] == 0:
+        return model
+    rotation, cosines, _ = np.linalg.svd(nuisance.T @ invariant, full_matrices=True)
+    n_fixed = int(np.sum(cosines > 1 - 1e-10))
+    if n_fixed == 0:
+        return model
+    rotated = nuisance @ rotation  # first n_fixed columns lie in the invariant space
+    basis = np.hstack([model.basis[:, : model.n_effects], rotated[:, n_fixed:], rotated[:, :n_fixed]])
+    return PermutationModel(np.ascontiguousarray(basis), model.n_effects, model.dof, model.stat_type,
+                            n_shuffled=model.basis.shape[1] - n_fixed)
 
 
 def partition_model(design: np.ndarray, contrast: np.ndarray) -> PermutationModel:
@@ -225,27 +267,38 @@ def shuffled_basis(basis: np.ndarray, orders: np.ndarray, signs: np.ndarray) -> 
 
 
 def _test_scores(
-    projections: np.ndarray, sum_squares: np.ndarray, n_effects: int, mode: str
+    projections: np.ndarray,
+    sum_squares: np.ndarray,
+    n_effects: int,
+    mode: str,
+    workspace: dict[str, np.ndarray] | None = None,
 ) -> np.ndarray:
     """Scores monotone in the test statistic from projections A = U' Y* of shape (B, r, V).
 
     ``mode`` "abs": t^2 / dof (two-sided t); "signed": t |t| / dof (one-sided t, signed maps); "F": q F / dof.
+    With a ``workspace`` the result lives in its scratch arrays (valid until the next call).
     """
+    count, rank, n_voxels = projections.shape
+    if workspace is None:
+        explained, numerator = np.empty((count, n_voxels)), np.empty((count, n_voxels))
+    else:
+        explained = _scratch(workspace, "explained", count * n_voxels, np.float64).reshape(count, n_voxels)
+        numerator = _scratch(workspace, "numerator", count * n_voxels, np.float64).reshape(count, n_voxels)
     first = projections[:, 0, :]
-    explained = first * first
+    np.multiply(first, first, out=explained)
     for i in range(1, n_effects):
         explained += projections[:, i, :] ** 2
     if mode == "signed":
-        numerator = first * np.abs(first)
-    elif projections.shape[1] > n_effects:
-        numerator = explained.copy()
-    else:  # no nuisance: the explained sum of squares is the numerator, no copy needed
-        numerator = explained
-    for i in range(n_effects, projections.shape[1]):
-        explained += projections[:, i, :] ** 2
-    residual = np.subtract(sum_squares, explained, out=None if numerator is explained else explained)
+        np.abs(first, out=numerator)
+        numerator *= first
+    else:
+        numerator[...] = explained
+    for i in range(n_effects, rank):
+        component = projections[:, i, :]
+        explained += component * component
+    residual = np.subtract(sum_squares, explained, out=explained)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.divide(numerator, residual, out=residual)
+        return np.divide(numerator, residual, out=numerator)
 
 
 def scores_to_statistics(scores: np.ndarray, model: PermutationModel, mode: str) -> np.ndarray:
@@ -282,6 +335,7 @@ def chunk_null_maxima(
     start: int = 1,
     stop: int | None = None,
     block: int = PERMUTATION_BLOCK,
+    workspace: dict[str, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-permutation maximum score over one voxel chunk, and per-voxel exceedance counts.
 
@@ -301,6 +355,9 @@ def chunk_null_maxima(
         Elements of the permutation set to run (default: all but the identity).
     block : int
         Elements per GEMM.
+    workspace : dict, optional
+        Scratch arrays kept between calls (filled on first use); reusing them avoids the page faults of fresh
+        multi-megabyte temporaries for every chunk.
 
     Returns
     -------
@@ -316,21 +373,81 @@ def chunk_null_maxima(
     if excluded.any():
         shuffled = shuffled.copy()
         shuffled[:, excluded] = 0.0
-    sum_squares = np.add.reduce(shuffled * shuffled, axis=0)
-    sum_squares[sum_squares == 0] = 1.0  # all-zero columns: A = 0, score 0, no 0/0
+    sum_squares = _moving_sum_squares(shuffled, model)
     reference = _tie_reference(observed)
-    n_effects, rank = model.n_effects, model.basis.shape[1]
+    n_effects, rank = model.n_effects, model.n_shuffled
+    # Without nuisance the score s = e / (ss - e) is a monotone function of the explained fraction u = e / ss:
+    # comparing and maximising u saves two passes over every (permutation x voxel) block.
+    explained_fraction = rank == n_effects
+    if explained_fraction:
+        inverse_sum_squares = 1.0 / sum_squares
+        with np.errstate(divide="ignore", invalid="ignore"):
+            reference = np.where(np.isinf(reference), np.inf, reference / (1.0 + np.abs(reference)))
     maxima = np.full(stop - start, -np.inf)
-    exceedances = np.zeros(data.shape[1], dtype=np.int64)
+    n_voxels = data.shape[1]
+    exceedances = np.zeros(n_voxels, dtype=np.int64)
+    block = max(1, min(block, stop - start))
+    workspace = {} if workspace is None else workspace
+    projection_buffer = _scratch(workspace, "projections", block * rank * n_voxels, np.float64)
+    projection_buffer = projection_buffer.reshape(block * rank, n_voxels)
+    score_buffer = _scratch(workspace, "scores", block * n_voxels, np.float64).reshape(block, n_voxels)
+    exceed_buffer = _scratch(workspace, "exceeded", block * n_voxels, np.bool_).reshape(block, n_voxels)
     for first in range(start, stop, block):
         last = min(stop, first + block)
+        count = last - first
         orders, signs = permutations.rows(first, last)
-        rows = shuffled_basis(model.basis, orders, signs)
-        projections = (rows @ shuffled).reshape(last - first, rank, -1)
-        scores = _test_scores(projections, sum_squares, n_effects, mode)
+        rows = shuffled_basis(model.moving, orders, signs)
+        projections = np.matmul(rows, shuffled, out=projection_buffer[: count * rank]).reshape(count, rank, -1)
+        if explained_fraction:
+            scores = _explained_fractions(projections, inverse_sum_squares, mode, score_buffer[:count])
+        else:
+            scores = _test_scores(projections, sum_squares, n_effects, mode, workspace)
         maxima[first - start : last - start] = np.fmax.reduce(scores, axis=1, initial=-np.inf)
-        exceedances += np.count_nonzero(scores >= reference, axis=0)
+        exceeded = np.greater_equal(scores, reference, out=exceed_buffer[:count])
+        exceedances += np.count_nonzero(exceeded, axis=0)
+    if explained_fraction:  # back from u to s = u / (1 - |u|), keeping the sign of one-sided scores
+        with np.errstate(divide="ignore", invalid="ignore"):
+            maxima = maxima / (1.0 - np.abs(maxima))
     return maxima, exceedances
+
+
+def _moving_sum_squares(data: np.ndarray, model: PermutationModel) -> np.ndarray:
+    """Per-voxel sum of squares left after the fixed (permutation-invariant) nuisance directions.
+
+    Permutations and sign-flips keep ``||Y*||^2``, and the fixed directions explain the same amount in every
+    permutation, so subtracting it once leaves the moving part of the fit. All-zero voxels get 1 (score 0).
+    """
+    sum_squares = np.einsum("ij,ij->j", data, data)
+    fixed = model.fixed
+    if fixed.shape[1]:
+        fixed_projection = fixed.T @ data
+        sum_squares -= np.add.reduce(fixed_projection * fixed_projection, axis=0)
+    sum_squares[~(sum_squares > 0)] = 1.0
+    return sum_squares
+
+
+def _scratch(workspace: dict[str, np.ndarray], name: str, size: int, dtype) -> np.ndarray:
+    """A flat scratch array of at least ``size`` elements, kept in ``workspace`` for the next call."""
+    array = workspace.get(name)
+    if array is None or array.size < size:
+        array = workspace[name] = np.empty(size, dtype=dtype)
+    return array[:size]
+
+
+def _explained_fractions(
+    projections: np.ndarray, inverse_sum_squares: np.ndarray, mode: str, out: np.ndarray
+) -> np.ndarray:
+    """u = ||A_effect||^2 / ss (signed by A_0 in "signed" mode) for a model without nuisance, into ``out``."""
+    first = projections[:, 0, :]
+    if mode == "signed":
+        np.abs(first, out=out)
+        out *= first
+    else:
+        np.multiply(first, first, out=out)
+        for i in range(1, projections.shape[1]):
+            out += projections[:, i, :] ** 2
+    out *= inverse_sum_squares
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ clusters
@@ -447,17 +564,19 @@ class _Job:
     threshold: float | None
     options: PermutationOptions
     spatial_two_sided: bool
+    sum_squares: np.ndarray | None = None
 
 
 def _maxt_task(job: _Job, first: int, last: int, voxel_chunk: int) -> dict[str, np.ndarray]:
     n_voxels = job.data.shape[1]
     maxima = np.full(last - first, -np.inf)
     exceedances = np.zeros(n_voxels, dtype=np.int64)
+    workspace: dict[str, np.ndarray] = {}
     for v0 in range(0, n_voxels, voxel_chunk):
         v1 = min(n_voxels, v0 + voxel_chunk)
         chunk_max, chunk_exceed = chunk_null_maxima(
             job.data[:, v0:v1], job.model, job.permutations, job.observed[v0:v1],
-            job.method, job.options.two_sided, first, last,
+            job.method, job.options.two_sided, first, last, workspace=workspace,
         )
         np.maximum(maxima, chunk_max, out=maxima)
         exceedances[v0:v1] += chunk_exceed
@@ -468,12 +587,10 @@ def _spatial_task(job: _Job, first: int, last: int) -> dict[str, np.ndarray]:
     """Whole statistic maps for elements first..last-1, then their max-T, cluster and TFCE maxima."""
     model, options = job.model, job.options
     orders, signs = job.permutations.rows(first, last)
-    rows = shuffled_basis(model.basis, orders, signs)
-    projections = (rows @ job.data).reshape(last - first, model.basis.shape[1], -1)
-    sum_squares = np.einsum("ij,ij->j", job.data, job.data)
-    sum_squares[sum_squares == 0] = 1.0
+    rows = shuffled_basis(model.moving, orders, signs)
+    projections = (rows @ job.data).reshape(last - first, model.n_shuffled, -1)
     map_mode = "F" if model.stat_type == "F" else "signed"
-    scores = _test_scores(projections, sum_squares, model.n_effects, map_mode)
+    scores = _test_scores(projections, job.sum_squares, model.n_effects, map_mode)
     del projections
     test = np.abs(scores) if job.mode == "abs" else scores
     out: dict[str, np.ndarray] = {
@@ -529,7 +646,7 @@ def _run_tasks(
                 results[index] = work(first, last)
                 advance(last - first)
         else:
-            with ThreadPoolExecutor(max_workers=n_jobs) as pool:
+            with _single_threaded_blas(), ThreadPoolExecutor(max_workers=n_jobs) as pool:
                 futures = {pool.submit(work, first, last): index for index, (first, last) in enumerate(tasks)}
                 for future, index in futures.items():
                     results[index] = future.result()
@@ -537,6 +654,19 @@ def _run_tasks(
     finally:
         close()
     return results  # type: ignore[return-value]
+
+
+def _single_threaded_blas():
+    """One BLAS thread per worker while workers run in parallel (threadpoolctl if installed).
+
+    Every worker calling a multi-threaded BLAS oversubscribes the cores, which OpenBLAS handles badly; the
+    results do not change (GEMM splits its output, not its sums, between threads).
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def _resolve_jobs(n_jobs: int) -> int:
@@ -574,7 +704,8 @@ def _validate(
         raise RunnerError(f"tfce_dh must be positive or None, got {options.tfce_dh}")
     if any(m in SPATIAL_METHODS for m in methods):
         if mask is None:
-            raise RunnerError(f"permutation methods {', '.join(m for m in methods if m in SPATIAL_METHODS)} need the 3D mask")
+            spatial = ", ".join(m for m in methods if m in SPATIAL_METHODS)
+            raise RunnerError(f"permutation methods {spatial} need the 3D mask")
         if int(np.count_nonzero(mask)) != data.shape[1]:
             raise RunnerError(f"the mask has {int(np.count_nonzero(mask))} voxels but the data have {data.shape[1]}")
     return methods
@@ -627,6 +758,8 @@ def permutation_inference(
     permutations = make_permutation_set(
         design, options.n_permutations, options.seed, scheme, blocks, options.whole_block
     )
+    if scheme == "permutation":
+        model = separate_invariant_nuisance(model, invariant_subspace(blocks, design.shape[0], options.whole_block))
     two_sided = bool(options.two_sided) and model.stat_type == "t"
     mode = _score_mode(model, two_sided)
     n_jobs = _resolve_jobs(options.n_jobs)
@@ -676,7 +809,7 @@ def permutation_inference(
         per_element = 8 * n_voxels * (rank + 4) + 40 * n_voxels
         task_size = max(1, min(n_elements - 1, budget // per_element))
         job = _Job(shuffled, model, permutations, observed, mode, options.method, methods, graph,
-                   threshold, options, two_sided)
+                   threshold, options, two_sided, _moving_sum_squares(shuffled, model))
         work = lambda first, last: _spatial_task(job, first, last)  # noqa: E731
     else:
         voxel_chunk = max(256, min(VOXEL_CHUNK, n_voxels))

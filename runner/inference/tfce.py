@@ -33,6 +33,8 @@ from runner.errors import RunnerError
 TFCE_E = 0.5
 TFCE_H = 2.0
 TFCE_STEPS = 100
+BATCH_VOXELS = 500_000  # maps enhanced together: enough to share each level's union step among small maps,
+# few enough that the rank array of a batch of large maps stays in cache (one or two whole-brain maps)
 CONNECTIVITIES = {6: 1, 18: 2, 26: 3}
 
 
@@ -124,15 +126,21 @@ def threshold_levels(values: np.ndarray, step: float, n_levels: int, top: float 
 def _tail_levels(
     maps: np.ndarray, two_sided: bool, dh: float | None, steps: int
 ) -> tuple[np.ndarray, np.ndarray, int]:
-    """Signed threshold levels per voxel (negative for the negative tail) and the step of each (map, tail)."""
+    """Threshold levels of every (map, tail) pair, one row each (row ``tails * b + t``; t = 1 is -map).
+
+    Returns the levels (rows of V + 1 values, the last one standing for "outside the mask"), the step of each
+    row and the highest level.
+    """
     n_maps, n_voxels = maps.shape
     tails = (1.0, -1.0) if two_sided else (1.0,)
-    levels = np.zeros((n_maps, n_voxels + 1), dtype=np.int16)  # last column: "outside the mask"
-    steps_used = np.ones((n_maps, 2))
+    levels = np.zeros((n_maps * len(tails), n_voxels + 1), dtype=np.int16)
+    steps_used = np.ones(n_maps * len(tails))
     top_level = 0
     for b in range(n_maps):
         for t, sign in enumerate(tails):
-            top = float(np.max(sign * maps[b])) if n_voxels else 0.0
+            row = b * len(tails) + t
+            values = sign * maps[b]
+            top = float(np.max(values)) if n_voxels else 0.0
             if top <= 0:
                 continue
             step = top / steps if dh is None else float(dh)
@@ -142,10 +150,9 @@ def _tail_levels(
                     f"tfce_dh={dh} gives {n_levels} thresholds for a map whose maximum is {top:.3g}; "
                     "use a larger step"
                 )
-            level = threshold_levels(sign * maps[b], step, n_levels, top if dh is None else None)
-            levels[b, :n_voxels] += level if sign > 0 else -level
-            steps_used[b, t] = step
-            top_level = max(top_level, int(level.max()))
+            levels[row, :n_voxels] = threshold_levels(values, step, n_levels, top if dh is None else None)
+            steps_used[row] = step
+            top_level = max(top_level, int(levels[row].max()))
     return levels, steps_used, top_level
 
 
@@ -159,84 +166,98 @@ def _enhance(
     steps: int,
     want_maps: bool,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Per-map maximum |TFCE| and, optionally, the TFCE maps (see the module docstring for the algorithm)."""
+    """Per-map maximum |TFCE| and, optionally, the TFCE maps (see the module docstring for the algorithm).
+
+    Each (map, tail) pair is a row of its own, so a voxel's neighbours from another tail or another map are
+    simply never active in its row. Voxels of all rows are sorted by level, highest first ("rank"); at each
+    level the new voxels are linked to neighbours of lower rank (already present) and the union runs on the
+    graph of the current components plus the new voxels.
+    """
     n_maps, n_voxels = maps.shape
+    tails = 2 if two_sided else 1
     stride = n_voxels + 1
     levels, steps_used, top_level = _tail_levels(maps, two_sided, dh, steps)
+    n_rows = levels.shape[0]
     flat = levels.ravel()
-    magnitude = np.abs(flat)
-    active = np.flatnonzero(magnitude)
-    order = active[np.argsort(-magnitude[active], kind="stable")]
-    n_active = order.size
+    if flat.size >= np.iinfo(np.int32).max:
+        raise RunnerError("too many voxels in one TFCE batch; lower the memory budget")
+    active = np.flatnonzero(flat)
+    n_active = active.size
     maxima = np.zeros(n_maps)
     if n_active == 0:
         return maxima, (np.zeros((n_maps, n_voxels)) if want_maps else None)
 
+    # rows of the active voxels without a division: active is sorted, so rows come in runs
+    bounds = np.searchsorted(active, np.arange(n_rows + 1) * stride)
+    row_of_active = np.repeat(np.arange(n_rows, dtype=np.int32), np.diff(bounds))
+    key_type = np.uint8 if top_level < 256 else np.uint16
+    depth = (top_level - flat[active]).astype(key_type)  # 0 for the highest level: sort ascending, stably
+    by_level = np.argsort(depth, kind="stable")
+    order = active[by_level].astype(np.int32)
+    row_of_voxel = row_of_active[by_level]
+    base = row_of_voxel * np.int32(stride)
+    voxel_in_map = order - base
     rank = np.full(flat.size, n_active, dtype=np.int32)
     rank[order] = np.arange(n_active, dtype=np.int32)
-    # group = 2 * map + tail (0 positive, 1 negative): the unit that has its own step dh
-    voxel_group = 2 * (order // stride) + (flat[order] < 0)
-    tail_by_rank = np.append((flat[order] < 0).astype(np.int8), np.int8(-1))
-    if flat.size >= np.iinfo(np.int32).max:
-        raise RunnerError("too many voxels in one TFCE batch; lower the memory budget")
-    voxel_in_map = (order % stride).astype(np.int32)
-    base = (order - voxel_in_map).astype(np.int32)
-    per_level = np.bincount(top_level - magnitude[order].astype(np.intp), minlength=top_level)
-    entered = np.cumsum(per_level)
-    factor = steps_used.ravel() ** (H + 1.0)
+    entered = np.cumsum(np.bincount(depth, minlength=top_level))
+    del depth, by_level, row_of_active, active
+    factor = steps_used ** (H + 1.0)  # contribution at level k: extent^E * k^H * dh^(H + 1)
     height = np.arange(top_level + 1, dtype=np.float64) ** H
 
     component = np.empty(n_active, dtype=np.int32)
     sizes = np.zeros(0)
     best = np.zeros(0)
-    group = np.zeros(0, dtype=np.intp)
+    row_of_component = np.zeros(0, dtype=np.int32)
     accumulated = np.zeros(n_active) if want_maps else None
     n_before, n_components = 0, 0
     neighbours = graph.neighbours
+    n_neighbours = neighbours.shape[1]
     for step_index in range(top_level):
         k = top_level - step_index
         n_now = int(entered[step_index])
         n_new = n_now - n_before
         if n_new:
-            new_nodes = np.arange(n_components, n_components + n_new, dtype=np.int32)
-            component[n_before:n_now] = new_nodes
-            candidates = neighbours[voxel_in_map[n_before:n_now]] + base[n_before:n_now, None]
+            component[n_before:n_now] = np.arange(n_components, n_components + n_new, dtype=np.int32)
+            candidates = neighbours[voxel_in_map[n_before:n_now]]
+            candidates += base[n_before:n_now, None]
             candidate_rank = rank[candidates]
-            own_rank = np.arange(n_before, n_now, dtype=np.int32)[:, None]
-            # each neighbouring pair once: link a new voxel to neighbours of its tail that entered before it
-            linked = (candidate_rank < own_rank) & (tail_by_rank[candidate_rank] == tail_by_rank[own_rank])
+            # link each new voxel to the neighbours already present (lower rank): every pair exactly once
+            linked = candidate_rank < np.arange(n_before, n_now, dtype=np.int32)[:, None]
+            flags = linked.view(np.uint8)
+            per_row = flags[:, 0].astype(np.int64)
+            for column in range(1, n_neighbours):  # faster than a reduction along a short last axis
+                per_row += flags[:, column]
             node_sizes = np.concatenate([sizes, np.ones(n_new)])
             node_best = np.concatenate([best, np.zeros(n_new)])
-            node_group = np.concatenate([group, voxel_group[n_before:n_now]])
+            node_row = np.concatenate([row_of_component, row_of_voxel[n_before:n_now]])
             n_nodes = n_components + n_new
-            per_row = linked.sum(axis=1)
-            n_links = int(per_row.sum())
-            if n_links:
-                targets = component[candidate_rank[linked]]
+            targets = component[np.compress(linked.ravel(), candidate_rank.ravel())]
+            if targets.size:
                 indptr = np.zeros(n_nodes + 1, dtype=np.int64)
                 np.cumsum(per_row, out=indptr[n_components + 1 :])
-                adjacency = csr_matrix((np.ones(n_links), targets, indptr), shape=(n_nodes, n_nodes))
+                adjacency = csr_matrix((np.ones(targets.size), targets, indptr), shape=(n_nodes, n_nodes))
                 n_components, label = connected_components(adjacency, directed=True, connection="weak")
                 label = label.astype(np.int32)
                 component[:n_now] = label[component[:n_now]]
                 sizes = np.bincount(label, weights=node_sizes, minlength=n_components)
                 best = np.zeros(n_components)
                 np.maximum.at(best, label, node_best)
-                group = np.empty(n_components, dtype=np.intp)
-                group[label] = node_group
+                row_of_component = np.empty(n_components, dtype=np.int32)
+                row_of_component[label] = node_row
             else:
-                n_components, sizes, best, group = n_nodes, node_sizes, node_best, node_group
+                n_components, sizes, best, row_of_component = n_nodes, node_sizes, node_best, node_row
         n_before = n_now
-        contribution = sizes**E * (height[k] * factor[group])
+        contribution = sizes**E * (height[k] * factor[row_of_component])
         best += contribution
         if want_maps:
             accumulated[:n_now] += contribution[component[:n_now]]
-    np.maximum.at(maxima, group // 2, best)
+    np.maximum.at(maxima, row_of_component // tails, best)
     if not want_maps:
         return maxima, None
     enhanced = np.zeros(flat.size)
-    enhanced[order] = np.where(flat[order] < 0, -accumulated, accumulated)
-    return maxima, enhanced.reshape(n_maps, stride)[:, :n_voxels]
+    enhanced[order] = accumulated
+    enhanced = enhanced.reshape(n_maps, tails, stride)[:, :, :n_voxels]
+    return maxima, (enhanced[:, 0] - enhanced[:, 1] if two_sided else enhanced[:, 0].copy())
 
 
 def tfce(
@@ -270,7 +291,11 @@ def tfce(
     """
     stat = np.asarray(stat)
     maps = _check_maps(stat, graph)
-    _, enhanced = _enhance(maps, graph, two_sided, E, H, dh, steps, want_maps=True)
+    batch = max(1, BATCH_VOXELS // max(1, graph.n_voxels))
+    enhanced = np.concatenate(
+        [_enhance(maps[i : i + batch], graph, two_sided, E, H, dh, steps, want_maps=True)[1]
+         for i in range(0, maps.shape[0], batch)]
+    )
     return enhanced[0] if stat.ndim == 1 else enhanced
 
 
@@ -288,8 +313,11 @@ def tfce_maxima(
     Parameters are those of :func:`tfce`; ``stats`` has shape (B, V). Returns shape (B,).
     """
     maps = _check_maps(stats, graph)
-    maxima, _ = _enhance(maps, graph, two_sided, E, H, dh, steps, want_maps=False)
-    return maxima
+    batch = max(1, BATCH_VOXELS // max(1, graph.n_voxels))
+    return np.concatenate(
+        [_enhance(maps[i : i + batch], graph, two_sided, E, H, dh, steps, want_maps=False)[0]
+         for i in range(0, maps.shape[0], batch)]
+    )
 
 
 def label_components(active: np.ndarray, graph: VoxelGraph, tail: np.ndarray | None = None) -> tuple[np.ndarray, int]:
