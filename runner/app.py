@@ -230,10 +230,11 @@ def _run_stages(settings: RunSettings, writer: OutputWriter, timings: Timings, r
             from runner.outputs import permutation_results
 
             for contrast in contrasts:
-                rows = permutation_results.run_permutations(writer, data, design, contrast, fitted[contrast.name],
-                                                            {m: settings.correction[m] for m in permutation_methods},
-                                                            settings)
+                rows, notes = permutation_results.run_permutations(
+                    writer, data, design, contrast, fitted[contrast.name],
+                    {m: settings.correction[m] for m in permutation_methods}, settings)
                 summary["contrasts"].setdefault(contrast.name, {}).update(rows)
+                fields["notes"].extend(notes)
     if "ari" in settings.correction:
         with timings.stage("ari"):
             for contrast in contrasts:

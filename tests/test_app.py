@@ -83,3 +83,27 @@ def test_cli_help_lists_config_groups(tmp_path):
     assert result.returncode == 0
     for group in ("correction:", "data:", "design:", "experiment:"):
         assert group in result.stdout
+
+
+def test_permutation_outputs_are_consistent_with_their_null(tmp_path):
+    """The written logp map is -log10 of the share of the written null maxima at or above each voxel's |t|."""
+    run_dir = tmp_path / "perm"
+    run_analysis(run_dir, ["+experiment=one_sample_permutation", "report=false", "correction.maxt.n_permutations=200",
+                           "correction=[maxt,clustersize]", "correction.clustersize.n_permutations=200"])
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    by_path = {e["path"]: e for e in manifest["outputs"]}
+    logp_entry = by_path["contrast-mean_stat-logp_corr-maxt_statmap.nii.gz"]
+    assert logp_entry["correction"] == "maxt" and logp_entry["stat"] == "logp" and logp_entry["n_permutations"] == 200
+    import pandas as pd
+
+    null = pd.read_csv(run_dir / "contrast-mean_corr-maxt_nulldist.tsv", sep="\t")["max_statistic"].to_numpy()
+    t = nib.load(run_dir / "contrast-mean_stat-t_statmap.nii.gz").get_fdata()
+    logp = nib.load(run_dir / "contrast-mean_stat-logp_corr-maxt_statmap.nii.gz").get_fdata()
+    mask = t != 0
+    expected = -np.log10((null[None, :] >= np.abs(t[mask])[:, None] - 1e-6).mean(axis=1))
+    np.testing.assert_allclose(logp[mask], expected, atol=1e-5)
+    assert null.size == 200 and null[0] == pytest.approx(np.abs(t).max(), rel=1e-5)
+    clusters = pd.read_csv(run_dir / "contrast-mean_corr-clustersize_clusters.tsv", sep="\t")
+    assert {"x", "y", "z", "size_voxels", "p_fwe"} <= set(clusters.columns)
+    assert ((clusters.p_fwe > 0) & (clusters.p_fwe <= 1)).all()
+    assert "contrast-mean_stat-p_desc-permutation_statmap.nii.gz" in by_path
