@@ -126,7 +126,7 @@ def read_chunk(Y: np.ndarray, piece: slice) -> np.ndarray:
     When ``Y`` is memory-mapped, the file pages touched are released afterwards, so a study larger than memory
     holds one chunk at a time (the operating system keeps them in its page cache, outside the process).
     """
-    block = np.array(Y[:, piece], dtype=np.float64)
+    block = np.array(Y[:, piece], dtype=np.float64, order="C")  # one layout: BLAS rounds the same way every run
     release_pages(Y)
     return block
 

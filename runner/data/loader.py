@@ -214,7 +214,7 @@ def load_group_data(inputs: InputSet, settings: DataConfig, *, n_jobs: int = 1,
     notes.extend(scan_notes)
     n_voxels = int(mask.sum())
     if retained is not None:
-        Y = retained[:, mask[region]]
+        Y = retained.compress(mask[region], axis=1)  # C order, as the rows are read (Y[:, m] would be F order)
         del retained
     else:
         Y = _extract(inputs, checked, settings, mask, prepare, scan.digests, dtype, n_jobs, progress, step, budget,
