@@ -462,14 +462,17 @@ def nilearn_comparison():
             warnings.simplefilter("ignore", UserWarning)
             theirs = second_level.non_parametric_inference(
                 images, design_matrix=design, second_level_contrast="intercept", mask=mask_image, n_perm=999,
-                two_sided_test=two_sided, random_state=0, tfce=two_sided, threshold=0.01,
+                two_sided_test=two_sided, random_state=0, tfce=two_sided, threshold=0.01 if two_sided else None,
             )
+        if not isinstance(theirs, dict):  # max-T only: nilearn returns the -log10 p image alone
+            theirs = {"logp_max_t": theirs, "t": outputs[True][0]["t"]}
         ours = permutation_inference(
             Y, np.ones((n, 1)), [[1.0]], mask, ALL_METHODS if two_sided else ("maxt",),
             PermutationOptions(n_permutations=1000, seed=0, two_sided=two_sided, connectivity=6,
                                cluster_forming_p=0.01),
         )
-        outputs[two_sided] = ({k: v.get_fdata()[mask] for k, v in theirs.items()}, ours)
+        outputs[two_sided] = ({k: v if isinstance(v, np.ndarray) else v.get_fdata()[mask]
+                               for k, v in theirs.items()}, ours)
     return mask, outputs
 
 

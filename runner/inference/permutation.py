@@ -25,8 +25,19 @@ p-values. Element 0 of the permutation set is the identity and counts as one of 
 flipping every sign (which gives -t) or swapping every pair of a paired design.
 
 Two-sided tests (the default, for t only): max-T uses |t|; clusters and TFCE are formed in each tail separately
-(positive on t, negative on -t, cluster-forming threshold from ``cluster_forming_p / 2``) and the null takes the
-maximum over both tails, as randomise and PALM do with ``-twotail``-style tests. F tests are one-tailed.
+(positive on t, negative on -t, cluster-forming threshold from ``cluster_forming_p / 2``), so a positive and a
+negative cluster never merge, and each element's null value is the maximum over both tails. F tests are
+one-tailed. Clusters are voxels above the threshold (strictly), their mass the sum of ``|stat| - threshold``
+(nilearn's definition; randomise and PALM sum the statistic itself). nilearn's cluster p-values leave the identity
+out of the null, which moves them by at most 1/P.
+
+Speed and memory. Max-T alone never needs whole maps: :func:`chunk_null_maxima` takes one voxel chunk and a range
+of permutations and returns per-permutation maxima and per-voxel exceedance counts, which combine exactly
+(``np.maximum`` and ``+``), so the data never have to be residualised or held in float64 as a whole. Clusters and
+TFCE need whole maps, so those runs hold the residualised data (n x V, float64) and split the permutations into
+tasks sized by ``memory_budget_bytes``. Tasks run on ``n_jobs`` threads (numpy, BLAS and the graph code release
+the GIL) with one BLAS thread each when threadpoolctl is installed; task boundaries do not depend on ``n_jobs``,
+so results are identical for any number of workers.
 """
 
 from __future__ import annotations
@@ -74,7 +85,8 @@ class PermutationOptions:
     the effect, e.g. a one-sample test; permutations otherwise), "permutation" or "sign_flip".
     ``exchangeability_blocks`` gives one integer block label per row. ``tfce_dh`` None means max/100 per map.
     ``progress`` is False, True (a tqdm bar) or a callable ``(done, total)``. ``memory_budget_bytes`` bounds the
-    working arrays (default 512 MiB).
+    working arrays of each worker (default 512 MiB), on top of the data and, for cluster and TFCE methods, their
+    float64 residuals.
     """
 
     n_permutations: int = 10000
@@ -218,7 +230,7 @@ def partition_model(design: np.ndarray, contrast: np.ndarray) -> PermutationMode
         raise RunnerError("the rows of the F contrast are linearly dependent; remove the redundant rows")
     effect = weights @ eigenvectors @ np.diag(eigenvalues**-0.5) @ eigenvectors.T
     remainder = left - effect @ (effect.T @ left)
-    nuisance_left, nuisance_singular, _ = np.linalg.svd(remainder, full_matrices=False)
+    nuisance_left = np.linalg.svd(remainder, full_matrices=False)[0]
     n_nuisance = rank - contrast.shape[0]
     nuisance = nuisance_left[:, :n_nuisance]
     dof = n_rows - rank
