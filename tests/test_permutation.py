@@ -312,6 +312,15 @@ def test_block_schemes():
         make_permutation_set(design, 10, 0, "permutation", np.zeros(5), whole_block=False)
 
 
+def test_random_sign_flips_are_distinct_and_seeded():
+    flips = make_permutation_set(np.ones((14, 1)), 10000, 3, "sign_flip")
+    assert not flips.exhaustive and flips.n_possible == 2**14 and flips.size == 10000
+    assert len({row.tobytes() for row in flips.signs}) == 10000  # no repeats, the identity only first
+    assert np.all(flips.signs[0] == 1)
+    np.testing.assert_array_equal(make_permutation_set(np.ones((14, 1)), 10000, 3, "sign_flip").signs, flips.signs)
+    assert "drew 10000 sign-flips at random" in flips.describe()
+
+
 def test_scheme_choice():
     n = 8
     intercept = np.ones((n, 1))

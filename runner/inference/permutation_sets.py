@@ -15,8 +15,9 @@ Distinct elements. Two permutations that pair every data row with an identical d
 statistic, so permutations are counted and enumerated up to rows of the design that are identical: a
 two-sample design with groups of n1 and n2 has n!/(n1! n2!) distinct permutations, a design with a continuous
 covariate n!. Sign-flips of n rows are 2^n. When that number is at most the requested ``n_permutations`` every
-element is enumerated once (an exact test); otherwise ``n_permutations - 1`` elements are drawn at random (with
-replacement, as randomise does) after the identity, from ``numpy.random.default_rng(seed)``.
+element is enumerated once (an exact test); otherwise ``n_permutations - 1`` elements are drawn at random after the
+identity, from ``numpy.random.default_rng(seed)``: distinct sign-flip patterns (never the identity again), and
+permutations with replacement (as randomise does; repeats are valid, merely wasted).
 """
 
 from __future__ import annotations
@@ -331,7 +332,11 @@ def make_permutation_set(
             codes = np.arange(n_possible, dtype=np.int64)[:, None]
             bits = (codes >> np.arange(n_units, dtype=np.int64)) & 1  # code 0 (identity) first
             unit_signs = (1 - 2 * bits).astype(np.int8)
-        else:
+        elif n_units <= 62:  # draw distinct non-identity patterns: codes 1 .. 2^n - 1 without replacement
+            codes = 1 + rng.choice(n_possible - 1, size=n_permutations - 1, replace=False).astype(np.int64)
+            bits = (codes[:, None] >> np.arange(n_units, dtype=np.int64)) & 1
+            unit_signs = np.vstack([np.ones((1, n_units), dtype=np.int8), (1 - 2 * bits).astype(np.int8)])
+        else:  # 2^63 patterns and more: repeats are negligible
             drawn = rng.integers(0, 2, size=(n_permutations - 1, n_units), dtype=np.int8)
             unit_signs = np.vstack([np.ones((1, n_units), dtype=np.int8), (1 - 2 * drawn).astype(np.int8)])
         if whole_block:
