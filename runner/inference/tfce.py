@@ -8,15 +8,18 @@ where ``e_k(v)`` is the number of voxels in the cluster that contains ``v`` when
 ``k dh`` (voxels with ``s >= k dh``). The step ``dh`` defaults to a hundredth of the map's maximum, recomputed for
 every map and every tail (the last threshold is the maximum itself, as in ``numpy.linspace``, so that rounding
 never drops the peak), and the sum is multiplied by ``dh`` so that it approximates the integral: these are
-PALM's conventions (``palm_tfce.m``). nilearn uses the same 100 steps but does not multiply by ``dh``; fslmaths
-(randomise) uses max/100 as well. Two-sided maps are enhanced tail by tail: positive voxels on ``s``, negative
-voxels on ``-s`` (the negative tail comes back negative), so a positive and a negative cluster never merge.
+PALM's conventions (``palm_tfce.m``). nilearn uses the same 100 steps (as fslmaths does, its documentation says)
+but does not multiply by ``dh``, so its values are ours divided by the step. Two-sided maps are enhanced tail by
+tail: positive voxels on ``s``, negative voxels on ``-s`` (the negative tail comes back negative), so a positive
+and a negative cluster never merge.
 
 Speed comes from never labelling a whole volume per threshold. Voxels are sorted by their level (how many
 thresholds they pass) and added from the highest level down; at each level only the new voxels and their
 already-present neighbours are handed to a union step (``scipy.sparse.csgraph.connected_components`` on the
-graph of *components*, not voxels), so the work over all levels is linear in the number of voxel-neighbour pairs.
-Many maps (permutations) are processed together, one union step per level for all of them.
+graph of *components* plus new voxels), so each voxel-neighbour pair is examined once; what remains per level
+is relabelling the voxels already present (a gather). Small maps (permutations) are processed many at a time so
+that they share each level's union step; whole-brain maps one or two at a time so the working arrays stay in cache.
+The result equals labelling the thresholded volume at every level (``scipy.ndimage.label``), to rounding.
 """
 
 from __future__ import annotations
