@@ -220,9 +220,9 @@ PAIRED_COMMON_BLOBS = [
 ]
 # Condition b minus condition a.
 PAIRED_DIFFERENCE_BLOBS = [
-    Blob("left calcarine", (-9.0, -87.0, 3.0), 6.0, 1.2),
-    Blob("right lingual", (12.0, -75.0, -6.0), 5.0, 1.0),
-    Blob("right cuneus", (9.0, -81.0, 27.0), 5.0, -0.9),
+    Blob("left calcarine", (-9.0, -87.0, 3.0), 7.0, 1.7),
+    Blob("right lingual", (12.0, -75.0, -6.0), 6.0, 1.4),
+    Blob("right cuneus", (9.0, -81.0, 27.0), 6.0, -1.3),
 ]
 PAIRED_SUBJECT_SD = 2.0  # spatially smooth subject offsets shared by both conditions
 PAIRED_SUBJECT_FWHM_MM = 15.0
@@ -420,7 +420,7 @@ DEMO_DATASETS: dict[str, DemoDataset] = {
         ),
         DemoDataset(
             "paired",
-            1,
+            2,
             20240602,
             "16 subjects x 2 checkerboard conditions (a/b) with large subject offsets; "
             "a paired test finds the planted condition difference that an unpaired test misses",
