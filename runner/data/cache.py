@@ -23,19 +23,12 @@ from runner.config import DataConfig
 from runner.data.images import read_header
 from runner.data.loader import GroupData, save_rows
 from runner.data.sources import InputSet
+from runner.outputs.atomic import sha256_file
 
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
 _KEY_SETTINGS = ("mask", "mask_strategy", "mask_threshold", "smoothing_fwhm", "resample", "nan_policy", "dtype")
-
-
-def file_sha256(path: Path, block: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def cache_key(inputs: InputSet, settings: DataConfig) -> tuple[str, dict[str, str]]:
@@ -50,11 +43,11 @@ def cache_key(inputs: InputSet, settings: DataConfig) -> tuple[str, dict[str, st
     hashes: dict[str, str] = {}
     for ref in inputs.images:
         if str(ref.path) not in hashes:
-            hashes[str(ref.path)] = file_sha256(ref.path)
+            hashes[str(ref.path)] = sha256_file(ref.path)
     description = {
         "version": CACHE_VERSION,
         "inputs": [[hashes[str(ref.path)], ref.volume] for ref in inputs.images],
-        "mask_sha256": file_sha256(Path(settings.mask)) if settings.mask else None,
+        "mask_sha256": sha256_file(Path(settings.mask)) if settings.mask else None,
         "settings": {k: v for k, v in asdict(settings).items() if k in _KEY_SETTINGS and k != "mask"},
     }
     key = hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()
