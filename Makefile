@@ -20,9 +20,10 @@ install: $(VENV)/.installed
 
 install-test: $(VENV)/.installed-test
 
-## Run the default analysis on the bundled demo dataset and print where the results are.
+## Run the default analysis on the bundled demo dataset and print where the results are
+## (overwrite=true: running it again replaces the previous demo run instead of refusing).
 run: $(VENV)/.installed
-	$(PY) -m runner $(ARGS)
+	$(PY) -m runner overwrite=true $(ARGS)
 
 ## Install the test extras and run the test suite.
 test: $(VENV)/.installed-test
