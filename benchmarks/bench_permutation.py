@@ -6,6 +6,11 @@ Run on demand (not a test)::
     .venv/bin/python benchmarks/bench_permutation.py --subjects 40 --perm 2000 --perm-tfce 200 \\
         --nilearn-perm 100 --nilearn-perm-tfce 4
 
+Our TFCE is timed at connectivity 26 (our default) and 6 (nilearn's only choice), with the default 100 steps and
+with the exact integral (``tfce_dh="exact"``). Its kernels are compiled by numba on first use and cached on disk:
+the compile time (empty cache) and the load time (warm cache) are measured in fresh subprocesses and reported
+apart; every timed run comes after a warm-up call, so no permutation pays for compilation.
+
 Timings on a shared machine move with the load: ours is timed ``--repeat`` times (the fastest counts), and
 ``--blas-threads 1`` takes BLAS threading out of the comparison.
 
@@ -20,8 +25,11 @@ reports its buffers to tracemalloc) plus the process's maximum resident size at 
 from __future__ import annotations
 
 import argparse
+import os
 import resource
+import subprocess
 import sys
+import tempfile
 import time
 import tracemalloc
 import warnings
@@ -33,6 +41,7 @@ from scipy import ndimage
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from runner.inference.permutation import PermutationOptions, permutation_inference  # noqa: E402
+from runner.inference.tfce import tfce_maxima, voxel_graph  # noqa: E402
 
 
 def brain_mask() -> tuple[np.ndarray, np.ndarray, str]:
@@ -78,9 +87,45 @@ def blas_info() -> str:
         return "threadpoolctl not installed"
 
 
-def run_ours(Y, mask, methods, n_perm, n_jobs, memory: bool, connectivity: int = 6) -> tuple[float, float]:
+JIT_PROBE = """
+import time
+import numpy as np
+from runner.inference.tfce import tfce_maxima, voxel_graph
+graph = voxel_graph(np.ones((3, 3, 3), dtype=bool), 26)
+start = time.perf_counter()
+tfce_maxima(np.ones((1, 27)), graph)
+print(time.perf_counter() - start)
+"""
+
+
+def jit_times() -> tuple[float, float]:
+    """First TFCE call in a fresh process with an empty numba cache (compilation), then with the cache (loading)."""
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+        env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1]) + os.pathsep + env.get("PYTHONPATH", "")
+        times = [float(subprocess.run([sys.executable, "-c", JIT_PROBE], env=env, check=True, capture_output=True,
+                                      text=True).stdout) for _ in range(2)]
+    return times[0], times[1]
+
+
+def tfce_kernel_ms(Y, mask, connectivity: int, dh, n_maps: int = 8) -> float:
+    """Milliseconds per map of ``tfce_maxima`` alone, on sign-flipped one-sample t maps (both tails)."""
+    rng = np.random.default_rng(1)
+    n = Y.shape[0]
+    signs = rng.choice([-1.0, 1.0], size=(n_maps, n))
+    flipped = signs @ Y / n
+    second = np.einsum("ij,ij->j", Y, Y) / n  # the same for every sign-flip
+    maps = flipped / np.sqrt((second - flipped**2) / (n - 1))
+    graph = voxel_graph(mask, connectivity)
+    start = time.perf_counter()
+    tfce_maxima(maps, graph, dh=dh)
+    return (time.perf_counter() - start) / n_maps * 1e3
+
+
+def run_ours(Y, mask, methods, n_perm, n_jobs, memory: bool, connectivity: int = 6,
+             tfce_dh=None) -> tuple[float, float]:
     options = PermutationOptions(n_permutations=n_perm, seed=0, two_sided=True, n_jobs=n_jobs,
-                                 connectivity=connectivity)
+                                 connectivity=connectivity, tfce_dh=tfce_dh)
     if memory:
         tracemalloc.start()
     start = time.perf_counter()
@@ -138,33 +183,41 @@ def main() -> None:
 
         threadpool_limits(limits=args.blas_threads, user_api="blas")
 
+    compile_time, load_time = jit_times()
     mask, affine, mask_name = brain_mask()
     Y = simulate(mask, args.subjects, seed=0)
     print(f"mask: {mask_name}, {int(mask.sum())} voxels; {args.subjects} subjects; n_jobs={args.n_jobs}")
     print(f"BLAS: {blas_info()}")
-    print("connectivity 6 for our TFCE (nilearn's only choice); p-values counted with the identity")
+    print(f"TFCE kernels (numba): first call {compile_time:.2f} s with an empty cache (compilation), "
+          f"{load_time:.2f} s from the on-disk cache; not included below (warm-up call first)")
+    print("p-values counted with the identity; nilearn's TFCE has connectivity 6 only")
+    tfce_maxima(np.ones((1, 27)), voxel_graph(np.ones((3, 3, 3), dtype=bool), 26))  # warm-up
 
-    def fastest(methods, n_perm, connectivity=6):
-        return min(run_ours(Y, mask, methods, n_perm, args.n_jobs, False, connectivity)[0] for _ in range(args.repeat))
+    def fastest(methods, n_perm, connectivity=26, tfce_dh=None):
+        return min(run_ours(Y, mask, methods, n_perm, args.n_jobs, False, connectivity, tfce_dh)[0]
+                   for _ in range(args.repeat))
 
     ours_maxt = fastest(["maxt"], args.perm)
-    ours_tfce = fastest(["tfce"], args.perm_tfce)
     _, peak_maxt = run_ours(Y, mask, ["maxt"], min(args.perm, 1001), args.n_jobs, memory=True)
-    _, peak_tfce = run_ours(Y, mask, ["tfce"], min(args.perm_tfce, 101), args.n_jobs, memory=True)
-    per_maxt, per_tfce = ours_maxt / (args.perm - 1), ours_tfce / (args.perm_tfce - 1)
-    print(f"ours   max-T: {ours_maxt:8.2f} s for {args.perm} sign-flips ({per_maxt * 1e3:.3f} ms each); "
-          f"tracemalloc peak {peak_maxt:.0f} MiB")
-    print(f"ours   TFCE : {ours_tfce:8.2f} s for {args.perm_tfce} sign-flips ({per_tfce * 1e3:.1f} ms each); "
-          f"tracemalloc peak {peak_tfce:.0f} MiB")
-    ours_tfce26 = fastest(["tfce"], args.perm_tfce, connectivity=26)
-    print(f"ours   TFCE with connectivity 26 (our default): {ours_tfce26:8.2f} s for {args.perm_tfce} sign-flips "
-          f"({ours_tfce26 / (args.perm_tfce - 1) * 1e3:.1f} ms each)")
+    print(f"ours   max-T: {ours_maxt:8.2f} s for {args.perm} sign-flips ({ours_maxt / (args.perm - 1) * 1e3:.3f} ms "
+          f"each); tracemalloc peak {peak_maxt:.0f} MiB")
+    ours_tfce: dict[tuple[int, str], float] = {}
+    for connectivity in (26, 6):
+        for dh, label in ((None, "max/100"), ("exact", "exact")):
+            kernel = min(tfce_kernel_ms(Y, mask, connectivity, dh) for _ in range(args.repeat))
+            total = fastest(["tfce"], args.perm_tfce, connectivity, dh)
+            ours_tfce[connectivity, label] = total
+            print(f"ours   TFCE connectivity {connectivity:2d}, {label:7s}: {total:8.2f} s for {args.perm_tfce} "
+                  f"sign-flips ({total / (args.perm_tfce - 1) * 1e3:.1f} ms each; TFCE of one map alone "
+                  f"{kernel:.1f} ms)")
+    _, peak_tfce = run_ours(Y, mask, ["tfce"], min(args.perm_tfce, 101), args.n_jobs, memory=True, connectivity=26)
+    print(f"ours   TFCE tracemalloc peak {peak_tfce:.0f} MiB")
     if not args.skip_nilearn:
         # nilearn's cost is a fixed part (masking, the observed maps) plus identical iterations: measure one run
         # with a single permutation and one with more, and extrapolate linearly to our number of permutations
-        for label, tfce, n_perm, ours_total, ours_perm in (
-            ("max-T", False, args.nilearn_perm, ours_maxt, args.perm),
-            ("TFCE ", True, args.nilearn_perm_tfce, ours_tfce, args.perm_tfce),
+        for label, tfce, n_perm, ours_perm in (
+            ("max-T", False, args.nilearn_perm, args.perm),
+            ("TFCE ", True, args.nilearn_perm_tfce, args.perm_tfce),
         ):
             single = run_nilearn(Y, mask, affine, 1, args.n_jobs, tfce=tfce)
             several = run_nilearn(Y, mask, affine, n_perm, args.n_jobs, tfce=tfce)
@@ -172,8 +225,13 @@ def main() -> None:
             fixed = max(0.0, single - per)
             scaled = fixed + per * (ours_perm - 1)
             print(f"nilearn {label}: {several:8.2f} s for {n_perm} permutations, {single:.2f} s for 1 "
-                  f"({per * 1e3:.1f} ms each + {fixed:.1f} s fixed); extrapolated to {ours_perm}: {scaled:.0f} s "
-                  f"-> ours is {scaled / ours_total:.1f}x faster")
+                  f"({per * 1e3:.1f} ms each + {fixed:.1f} s fixed); extrapolated to {ours_perm}: {scaled:.0f} s")
+            if not tfce:
+                print(f"    ours max-T is {scaled / ours_maxt:.1f}x faster")
+                continue
+            for (connectivity, step), total in ours_tfce.items():
+                print(f"    ours TFCE connectivity {connectivity:2d}, {step:7s} is {scaled / total:6.1f}x faster "
+                      f"({per / (total / (args.perm_tfce - 1)):.0f}x per permutation)")
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"process peak resident memory (everything above): {peak_rss:.0f} MiB")
 

@@ -41,6 +41,12 @@ def _one_of(*allowed: Any):
     return check
 
 
+def _tfce_step(name: str, value: Any) -> None:
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not (value == "exact" or (number and math.isfinite(value) and value > 0)):
+        raise RunnerError(f"{name} must be a positive number, null (max/100) or exact, got {value!r}")
+
+
 def _check(fn) -> dict[str, Any]:
     return {"check": fn}
 
@@ -150,7 +156,9 @@ class ClusterMassCorrection(ClusterCorrection):
 class TfceCorrection(PermutationCorrection):
     E: float = field(default=0.5, metadata=_check(_positive))
     H: float = field(default=2.0, metadata=_check(_positive))
-    dh: Optional[float] = None  # step; None: automatic
+    # threshold step: a positive number, None for max/100 per map, or "exact" for the continuous integral (Any so
+    # that Hydra keeps a number a number and "exact" a string; checked by _tfce_step)
+    dh: Any = field(default=None, metadata=_check(_tfce_step))
     connectivity: int = field(default=26, metadata=_check(_one_of(6, 18, 26)))
 
 

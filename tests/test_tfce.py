@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 from scipy import ndimage
 
 from runner.errors import RunnerError
-from runner.inference.tfce import label_components, tfce, tfce_maxima, threshold_levels, voxel_graph
+from runner.inference.permutation import PermutationOptions, permutation_inference
+from runner.inference.tfce import label_components, tfce, tfce_maxima, voxel_graph
 
 STRUCTURE_RANK = {6: 1, 18: 2, 26: 3}
 
@@ -38,6 +39,38 @@ def reference_tfce(volume: np.ndarray, connectivity: int, dh: float | None, two_
     return enhanced
 
 
+def reference_exact_tfce(volume: np.ndarray, connectivity: int, two_sided: bool,
+                         E: float = 0.5, H: float = 2.0) -> np.ndarray:
+    """The integral over h of extent^E h^H, exactly: the extent only changes at the voxels' values, so label the
+    volume at every distinct value and integrate h^H in closed form from the previous value up to it."""
+    structure = ndimage.generate_binary_structure(3, STRUCTURE_RANK[connectivity])
+    enhanced = np.zeros(volume.shape)
+    for sign in (1, -1) if two_sided else (1,):
+        tail = sign * volume
+        lower = 0.0
+        for height in np.unique(tail[tail > 0]):  # for h in (lower, height], {tail >= h} = {tail >= height}
+            labels, _ = ndimage.label(tail >= height, structure)
+            extent = np.bincount(labels.ravel()).astype(float)
+            value = extent**E * (height ** (H + 1) - lower ** (H + 1)) / (H + 1)
+            value[0] = 0.0
+            enhanced += sign * value[labels]
+            lower = height
+    return enhanced
+
+
+def midpoint_tfce(volume: np.ndarray, connectivity: int, n_steps: int, E: float = 0.5, H: float = 2.0) -> np.ndarray:
+    """Numerical integration of extent^E h^H over (0, s] by the midpoint rule with ``n_steps`` steps up to the max."""
+    structure = ndimage.generate_binary_structure(3, STRUCTURE_RANK[connectivity])
+    step = volume.max() / n_steps
+    enhanced = np.zeros(volume.shape)
+    for height in step * (np.arange(n_steps) + 0.5):
+        labels, _ = ndimage.label(volume >= height, structure)
+        value = np.bincount(labels.ravel()).astype(float) ** E * height**H * step
+        value[0] = 0.0
+        enhanced += value[labels]
+    return enhanced
+
+
 def smooth_volume(rng: np.random.Generator, shape=(9, 8, 7), sigma=1.0) -> np.ndarray:
     return ndimage.gaussian_filter(rng.standard_normal(shape), sigma) / 0.2
 
@@ -56,12 +89,24 @@ def test_tfce_matches_threshold_by_threshold_labelling(holey_mask, connectivity,
     rng = np.random.default_rng(connectivity + two_sided)
     graph = voxel_graph(holey_mask, connectivity)
     volumes = [smooth_volume(rng) * holey_mask for _ in range(3)]
+    volumes.append(np.round(volumes[0], 1))  # ties between voxels, and the maximum reached by several voxels
     maps = np.stack([v[holey_mask] for v in volumes])
     ours = tfce(maps, graph, two_sided=two_sided)
     for volume, enhanced in zip(volumes, ours, strict=True):
         expected = reference_tfce(volume, connectivity, None, two_sided)[holey_mask]
         np.testing.assert_allclose(enhanced, expected, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(tfce_maxima(maps, graph, two_sided=two_sided), np.abs(ours).max(axis=1), rtol=1e-12)
+
+
+@pytest.mark.parametrize("connectivity", [6, 18, 26])
+def test_fixed_step_with_values_on_the_thresholds(holey_mask, connectivity):
+    """Values that are exact multiples of dh sit on a threshold: they count as reaching it (s >= h)."""
+    rng = np.random.default_rng(40 + connectivity)
+    graph = voxel_graph(holey_mask, connectivity)
+    volume = np.round(smooth_volume(rng) * 4) / 4 * holey_mask  # multiples of 0.25, many ties
+    ours = tfce(volume[holey_mask], graph, dh=0.25)
+    expected = reference_tfce(volume, connectivity, 0.25, True)[holey_mask]
+    np.testing.assert_allclose(ours, expected, rtol=1e-12, atol=1e-12)
 
 
 def test_fixed_step_matches_fine_numerical_integration(holey_mask):
@@ -128,7 +173,9 @@ def test_maps_are_independent_within_a_batch(holey_mask):
     together = tfce(maps, graph)
     for b in range(3):
         np.testing.assert_array_equal(tfce(maps[b], graph), together[b])
-    np.testing.assert_array_equal(tfce_maxima(maps[::-1], graph), np.abs(together).max(axis=1)[::-1])
+    np.testing.assert_array_equal(tfce_maxima(maps[::-1], graph), tfce_maxima(maps, graph)[::-1])
+    # the maxima are tracked per cluster, the maps summed along the merge tree: equal up to rounding
+    np.testing.assert_allclose(tfce_maxima(maps, graph), np.abs(together).max(axis=1), rtol=1e-13)
 
 
 def test_matches_nilearn_times_the_step(holey_mask):
@@ -200,15 +247,6 @@ def test_label_components_keeps_tails_apart():
     assert labels[0, 1] == labels[0, 2] != labels[0, 0]
 
 
-def test_threshold_levels_are_exact_counts():
-    rng = np.random.default_rng(0)
-    step = 0.1
-    values = np.concatenate([rng.uniform(-1, 12, 500), step * np.arange(0, 101)])  # include exact multiples
-    levels = threshold_levels(values, step, 100)
-    expected = (values[:, None] >= step * np.arange(1, 101)[None, :]).sum(axis=1)
-    np.testing.assert_array_equal(levels, expected)
-
-
 def test_input_errors():
     mask = np.ones((3, 3, 3), dtype=bool)
     with pytest.raises(RunnerError, match="connectivity"):
@@ -217,3 +255,114 @@ def test_input_errors():
         voxel_graph(mask[0], 6)
     with pytest.raises(RunnerError, match="27 in-mask"):
         tfce(np.zeros(5), voxel_graph(mask, 6))
+    values = np.linspace(-3, 3, 27)
+    for dh in ("bogus", "EXACT", 0.0, -0.1, np.inf, True):
+        with pytest.raises(RunnerError, match="positive number, null .* or 'exact'"):
+            tfce(values, voxel_graph(mask, 6), dh=dh)
+    with pytest.raises(RunnerError, match="thresholds"):
+        tfce_maxima(values[None], voxel_graph(mask, 6), dh=1e-9)
+
+
+# ------------------------------------------------------------------------------------------ exact TFCE
+
+
+@pytest.mark.parametrize("connectivity", [6, 18, 26])
+@pytest.mark.parametrize("two_sided", [True, False])
+def test_exact_tfce_matches_the_integral_between_voxel_values(holey_mask, connectivity, two_sided):
+    rng = np.random.default_rng(20 + connectivity + two_sided)
+    graph = voxel_graph(holey_mask, connectivity)
+    volumes = [smooth_volume(rng) * holey_mask for _ in range(2)]
+    volumes.append(np.round(volumes[0], 1))  # ties
+    maps = np.stack([v[holey_mask] for v in volumes])
+    ours = tfce(maps, graph, dh="exact", two_sided=two_sided)
+    for volume, enhanced in zip(volumes, ours, strict=True):
+        expected = reference_exact_tfce(volume, connectivity, two_sided)[holey_mask]
+        np.testing.assert_allclose(enhanced, expected, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(tfce_maxima(maps, graph, dh="exact", two_sided=two_sided), np.abs(ours).max(axis=1),
+                               rtol=1e-12)
+
+
+def test_exact_tfce_matches_fine_numerical_integration():
+    """Midpoint rule with 20000 steps: its error is below (number of jumps of the extent) x dh x integrand."""
+    mask = np.ones((6, 5, 4), dtype=bool)
+    volume = np.abs(smooth_volume(np.random.default_rng(9), mask.shape))
+    graph = voxel_graph(mask, 26)
+    ours = tfce(volume[mask], graph, dh="exact", two_sided=False)
+    expected = midpoint_tfce(volume, 26, 20000)[mask]
+    np.testing.assert_allclose(ours, expected, rtol=2e-4, atol=1e-4 * ours.max())
+    # other exponents go through the same integral
+    ours = tfce(volume[mask], graph, E=1.0, H=1.5, dh="exact", two_sided=False)
+    expected = reference_exact_tfce(volume, 26, False, E=1.0, H=1.5)[mask]
+    np.testing.assert_allclose(ours, expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize(("E", "H"), [(0.5, 2.0), (1.0, 1.0), (2.0 / 3.0, 3.0)])
+def test_exact_tfce_closed_forms(E, H):
+    mask = np.ones((5, 5, 5), dtype=bool)
+    graph = voxel_graph(mask, 26)
+    volume = np.zeros(mask.shape)
+    volume[2, 2, 2] = 3.0  # an isolated voxel: integral_0^s h^H dh
+    enhanced = tfce(volume[mask], graph, E=E, H=H, dh="exact")
+    assert enhanced[np.ravel_multi_index((2, 2, 2), mask.shape)] == pytest.approx(3.0 ** (H + 1) / (H + 1), rel=1e-13)
+    assert np.count_nonzero(enhanced) == 1
+    # two neighbours a > b: together (extent 2) up to b, the higher one alone from b to a
+    pair = voxel_graph(np.ones((1, 1, 2), dtype=bool), 6)
+    high, low = 2.5, 1.5
+    shared = 2**E * low ** (H + 1) / (H + 1)
+    alone = (high ** (H + 1) - low ** (H + 1)) / (H + 1)
+    np.testing.assert_allclose(tfce(np.array([high, low]), pair, E=E, H=H, dh="exact"), [shared + alone, shared],
+                               rtol=1e-13)
+    np.testing.assert_allclose(tfce(np.array([-low, -high]), pair, E=E, H=H, dh="exact"), [-shared, -shared - alone],
+                               rtol=1e-13)
+
+
+def test_fine_steps_converge_to_the_exact_integral(holey_mask):
+    volume = smooth_volume(np.random.default_rng(13)) * holey_mask
+    graph = voxel_graph(holey_mask, 18)
+    exact = tfce(volume[holey_mask], graph, dh="exact")
+    errors = [np.abs(tfce(volume[holey_mask], graph, dh=dh) - exact).max() for dh in (0.1, 0.01, 0.001)]
+    assert errors[2] < 2e-3 * np.abs(exact).max()
+    assert errors[0] > errors[1] > errors[2]
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**16), factor=st.floats(0.01, 100.0))
+def test_exact_tfce_scales_with_the_power_h_plus_one(seed, factor):
+    """No step to rescale: TFCE(c x) = c^(H+1) TFCE(x) for any c > 0."""
+    rng = np.random.default_rng(seed)
+    mask = np.ones((4, 4, 3), dtype=bool)
+    values = ndimage.gaussian_filter(rng.standard_normal(mask.shape), 0.8)[mask]
+    graph = voxel_graph(mask, 26)
+    expected = factor**3 * tfce(values, graph, dh="exact")
+    # heights enter as differences of cubes: rounding is relative to the largest values, not to each voxel's
+    np.testing.assert_allclose(tfce(factor * values, graph, dh="exact"), expected, rtol=1e-11,
+                               atol=1e-12 * np.abs(expected).max())
+
+
+# ------------------------------------------------------------------------------ in the permutation engine
+
+
+def one_sample_t(data: np.ndarray) -> np.ndarray:
+    return data.mean(axis=0) / (data.std(axis=0, ddof=1) / np.sqrt(data.shape[0]))
+
+
+@pytest.mark.parametrize(("dh", "connectivity"), [(None, 6), (None, 18), ("exact", 6), ("exact", 26)])
+def test_permutation_null_is_the_max_tfce_of_each_sign_flipped_map(holey_mask, dh, connectivity):
+    """The engine's TFCE null against the reference TFCE of each sign-flipped t map, recomputed here."""
+    rng = np.random.default_rng(connectivity)
+    n = 8
+    Y = np.stack([(smooth_volume(rng) + 0.5)[holey_mask] for _ in range(n)])
+    options = PermutationOptions(n_permutations=20, seed=2, connectivity=connectivity, tfce_dh=dh)
+    result = permutation_inference(Y, np.ones((n, 1)), np.array([[1.0]]), holey_mask, ["tfce"], options)
+    reference = reference_tfce if dh is None else reference_exact_tfce
+    expected = []
+    for j in range(result.permutations.size):
+        orders, signs = result.permutations.rows(j, j + 1)
+        volume = np.zeros(holey_mask.shape)
+        volume[holey_mask] = one_sample_t(signs[0][:, None] * Y[orders[0]])
+        enhanced = reference(volume, connectivity, None, True) if dh is None else reference(volume, connectivity, True)
+        expected.append(np.abs(enhanced).max())
+        if j == 0:
+            np.testing.assert_allclose(result.tfce, enhanced[holey_mask], rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(result.null_max["tfce"], expected, rtol=1e-9)
+    assert any(("exact integral" if dh == "exact" else "max/100") in message for message in result.messages)

@@ -63,7 +63,15 @@ from runner.inference.permutation_sets import (
     invariant_subspace,
     make_permutation_set,
 )
-from runner.inference.tfce import VoxelGraph, label_components, tfce, tfce_maxima, voxel_graph
+from runner.inference.tfce import (
+    EXACT,
+    VoxelGraph,
+    check_tfce_step,
+    label_components,
+    tfce,
+    tfce_maxima,
+    voxel_graph,
+)
 
 METHODS = ("maxt", "clustersize", "clustermass", "tfce")
 SPATIAL_METHODS = ("clustersize", "clustermass", "tfce")
@@ -83,7 +91,8 @@ class PermutationOptions:
 
     ``n_permutations`` counts the identity. ``scheme`` is "auto" (sign-flips when permuting rows cannot move
     the effect, e.g. a one-sample test; permutations otherwise), "permutation" or "sign_flip".
-    ``exchangeability_blocks`` gives one integer block label per row. ``tfce_dh`` None means max/100 per map.
+    ``exchangeability_blocks`` gives one integer block label per row. ``tfce_dh`` None means max/100 per map,
+    "exact" the continuous TFCE integral (see :mod:`runner.inference.tfce`).
     ``progress`` is False, True (a tqdm bar) or a callable ``(done, total)``. ``memory_budget_bytes`` bounds the
     working arrays of each worker (default 512 MiB), on top of the data and, for cluster and TFCE methods, their
     float64 residuals.
@@ -100,7 +109,7 @@ class PermutationOptions:
     connectivity: int = 26
     tfce_E: float = 0.5
     tfce_H: float = 2.0
-    tfce_dh: float | None = None
+    tfce_dh: float | str | None = None
     n_jobs: int = 1
     progress: bool | Callable[[int, int], None] = False
     memory_budget_bytes: int | None = None
@@ -712,8 +721,7 @@ def _validate(
         raise RunnerError("the data have no voxels")
     if options.tfce_E <= 0 or options.tfce_H <= 0:
         raise RunnerError(f"tfce_E and tfce_H must be positive, got {options.tfce_E} and {options.tfce_H}")
-    if options.tfce_dh is not None and not options.tfce_dh > 0:
-        raise RunnerError(f"tfce_dh must be positive or None, got {options.tfce_dh}")
+    check_tfce_step(options.tfce_dh)
     if any(m in SPATIAL_METHODS for m in methods):
         if mask is None:
             spatial = ", ".join(m for m in methods if m in SPATIAL_METHODS)
@@ -868,7 +876,8 @@ def permutation_inference(
                 corrected[name] = voxel_p[np.where(labels >= 0, labels, cluster_p.size)]
                 clusters[name] = _cluster_table(stat_for_maps, labels, sizes, masses, cluster_p, values, graph)
         if "tfce" in methods:
-            step = "max/100 per map and tail" if options.tfce_dh is None else f"dh = {options.tfce_dh}"
+            step = ("max/100 per map and tail" if options.tfce_dh is None
+                    else "exact integral" if options.tfce_dh == EXACT else f"dh = {options.tfce_dh}")
             messages.append(
                 f"TFCE E = {options.tfce_E}, H = {options.tfce_H}, {step}, connectivity {options.connectivity}"
             )

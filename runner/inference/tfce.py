@@ -1,32 +1,59 @@
 """Threshold-free cluster enhancement (TFCE) and connected components on the in-mask voxel graph.
 
-TFCE (Smith & Nichols 2009) replaces each voxel's statistic ``s`` by
+TFCE (Smith & Nichols 2009) replaces each voxel's statistic ``s`` by an integral over cluster-forming thresholds,
 
-    TFCE(v) = sum_{k >= 1, k dh <= s(v)} e_k(v)^E (k dh)^H dh
+    TFCE(v) = integral_0^{s(v)} e_h(v)^E h^H dh
 
-where ``e_k(v)`` is the number of voxels in the cluster that contains ``v`` when the map is thresholded at
-``k dh`` (voxels with ``s >= k dh``). The step ``dh`` defaults to a hundredth of the map's maximum, recomputed for
-every map and every tail (the last threshold is the maximum itself, as in ``numpy.linspace``, so that rounding
-never drops the peak), and the sum is multiplied by ``dh`` so that it approximates the integral: these are
-PALM's conventions (``palm_tfce.m``). nilearn uses the same 100 steps (as fslmaths does, its documentation says)
-but does not multiply by ``dh``, so its values are ours divided by the step. Two-sided maps are enhanced tail by
-tail: positive voxels on ``s``, negative voxels on ``-s`` (the negative tail comes back negative), so a positive
-and a negative cluster never merge.
+where ``e_h(v)`` is the number of voxels in the cluster that contains ``v`` when the map is thresholded at ``h``
+(voxels with ``s >= h``). Two ways of evaluating it are offered:
 
-Speed comes from never labelling a whole volume per threshold. Voxels are sorted by their level (how many
-thresholds they pass) and added from the highest level down; at each level only the new voxels and their
-already-present neighbours are handed to a union step (``scipy.sparse.csgraph.connected_components`` on the
-graph of *components* plus new voxels), so each voxel-neighbour pair is examined once; what remains per level
-is relabelling the voxels already present (a gather). Small maps (permutations) are processed many at a time so
-that they share each level's union step; whole-brain maps one or two at a time so the working arrays stay in cache.
-The result equals labelling the thresholded volume at every level (``scipy.ndimage.label``), to rounding.
+- stepped (the default, as PALM, FSL and nilearn): the sum over thresholds ``k dh`` (k >= 1, ``k dh <= s(v)``) of
+  ``e_k(v)^E (k dh)^H dh``. The step ``dh`` defaults to a hundredth of the map's maximum, recomputed for every
+  map and every tail (the last threshold is the maximum itself, as in ``numpy.linspace``, so that rounding never
+  drops the peak), and the sum is multiplied by ``dh`` so that it approximates the integral: these are PALM's
+  conventions (``palm_tfce.m``). nilearn uses the same 100 steps (as fslmaths does, its documentation says) but
+  does not multiply by ``dh``, so its values are ours divided by the step.
+- exact (``dh="exact"``): the integral itself. ``e_h(v)`` only changes at the statistic values of the voxels, so
+  between two consecutive values it is constant and the integral is a sum of ``e^E (b^(H+1) - a^(H+1)) / (H+1)``
+  over those intervals (eTFCE: Chen, Weeda, Nichols & Goeman, arXiv:2603.03004). It has no step to choose and no
+  discretisation error.
+
+Two-sided maps are enhanced tail by tail: positive voxels on ``s``, negative voxels on ``-s`` (the negative tail
+comes back negative), so a positive and a negative cluster never merge.
+
+Algorithm. Both are computed from one merge tree per map and tail (a union-find, as eTFCE's): voxels are added from
+the highest value down (stepped: by threshold level, with a counting sort) and each is joined to its neighbours
+already present. A cluster's extent only changes when it grows, so each cluster keeps the height down to which its
+contribution has been counted; when it grows (or at the end) the contribution of the heights in between,
+``extent^E (F(since) - F(now))``, is added at once, with ``F(level) = sum_{k <= level} k^H dh^(H+1)`` (stepped) or
+``F(h) = h^(H+1) / (H+1)`` (exact). That contribution belongs to every member: it is added to the cluster's root,
+and a member's TFCE is the sum along its path to the root (union by size keeps paths short; when a cluster joins
+a larger one its root's sum is rebased on the new root). The largest TFCE of a cluster is tracked along the way,
+so the permutation null (the maximum) needs no per-voxel pass. The cost is one pass over each voxel's neighbours
+plus near-constant union-find work, O(V alpha(V)), plus a counting sort by level (stepped: O(V + number of steps))
+or a sort of the values (exact). The result equals labelling the thresholded volume at every threshold
+(``scipy.ndimage.label``) to rounding.
+
+Speed. Visiting voxels in value order jumps all over the volume, so memory latency dominates: the kernels (numba,
+compiled on first use and cached on disk) prefetch the neighbour lists and union-find entries of the voxels a few
+steps ahead, read which neighbours are present as one bit mask, and skip the root search for a present neighbour
+adjacent to one already joined (the two were joined when the later of them was added). They release the GIL, so
+permutation workers on threads run them in parallel.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 
+import llvmlite.binding as llvm_binding
+import numba
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
 from scipy import ndimage
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
@@ -36,8 +63,8 @@ from runner.errors import RunnerError
 TFCE_E = 0.5
 TFCE_H = 2.0
 TFCE_STEPS = 100
-BATCH_VOXELS = 500_000  # maps enhanced together: enough to share each level's union step among small maps,
-# few enough that the rank array of a batch of large maps stays in cache (one or two whole-brain maps)
+EXACT = "exact"  # the dh that asks for the continuous integral
+MAX_LEVELS = 1_000_000  # thresholds per map with a fixed step: beyond this use the exact integral
 CONNECTIVITIES = {6: 1, 18: 2, 26: 3}
 
 
@@ -45,8 +72,8 @@ CONNECTIVITIES = {6: 1, 18: 2, 26: 3}
 class VoxelGraph:
     """In-mask voxels and their neighbours; voxel ``i`` is ``np.flatnonzero(mask)[i]`` (C order).
 
-    ``neighbours[i]`` lists the in-mask indices of voxel ``i``'s neighbours; ``n_voxels`` stands for "outside
-    the mask" so the table is rectangular.
+    ``neighbours[i, j]`` is the in-mask index of the neighbour of voxel ``i`` at ``offsets[j]`` (face neighbours
+    first, then edges, then corners); ``n_voxels`` stands for "outside the mask" so the table is rectangular.
     """
 
     shape: tuple[int, int, int]
@@ -54,6 +81,7 @@ class VoxelGraph:
     connectivity: int
     neighbours: np.ndarray
     coordinates: np.ndarray
+    offsets: np.ndarray
 
 
 def voxel_graph(mask: np.ndarray, connectivity: int = 26) -> VoxelGraph:
@@ -79,6 +107,7 @@ def voxel_graph(mask: np.ndarray, connectivity: int = 26) -> VoxelGraph:
     structure = ndimage.generate_binary_structure(3, CONNECTIVITIES[connectivity])
     offsets = np.argwhere(structure) - 1
     offsets = offsets[np.any(offsets != 0, axis=1)]
+    offsets = offsets[np.argsort(np.abs(offsets).sum(axis=1), kind="stable")]  # faces, edges, corners
     padded = np.pad(mask, 1)
     index = np.full(padded.shape, n_voxels, dtype=np.int32)
     index[padded] = np.arange(n_voxels, dtype=np.int32)
@@ -93,6 +122,7 @@ def voxel_graph(mask: np.ndarray, connectivity: int = 26) -> VoxelGraph:
         connectivity=connectivity,
         neighbours=neighbours,
         coordinates=(coordinates - 1).astype(np.int32),
+        offsets=offsets.astype(np.int32),
     )
 
 
@@ -107,160 +137,323 @@ def _check_maps(maps: np.ndarray, graph: VoxelGraph) -> np.ndarray:
     return np.where(np.isfinite(maps), maps, 0.0)
 
 
-def threshold_levels(values: np.ndarray, step: float, n_levels: int, top: float | None = None) -> np.ndarray:
-    """Number of thresholds ``k * step`` (k = 1..n_levels) at or below each value, as int16.
+PREFETCH_FAR = 8  # voxels ahead whose neighbour-table row and own records are prefetched
+PREFETCH_NEAR = 4  # voxels ahead whose neighbours' union-find entries are prefetched (their row is in cache by then)
 
-    With ``top`` the last threshold is ``top`` itself (``numpy.linspace(0, top, n_levels + 1)[1:]``), so the
-    map's maximum always reaches the last level whatever the rounding of ``n_levels * (top / n_levels)``.
-    Computed from ``floor(values / step)`` and corrected by direct comparison with the thresholds, so the
-    result is exactly ``sum_k [values >= threshold_k]``.
+
+@intrinsic
+def _prefetch(typingctx, array, index):
+    """Hint the CPU to fetch ``array[index]`` (a 1D array) into the cache; no effect on results.
+
+    The merge tree visits voxels in value order, all over the volume: without prefetching most of its time is
+    spent waiting for memory.
     """
-    thresholds = step * np.arange(1, n_levels + 2, dtype=np.float64)
-    if top is not None:
+    if not isinstance(array, types.Array) or array.ndim != 1 or not isinstance(index, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        address = builder.bitcast(builder.gep(data, [args[1]]), ir.IntType(8).as_pointer())
+        i32 = ir.IntType(32)
+        name = "llvm.prefetch.p0" if llvm_binding.llvm_version_info >= (15,) else "llvm.prefetch.p0i8"
+        function = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [address.type, i32, i32, i32]), name)
+        builder.call(function, [address, i32(0), i32(3), i32(1)])  # read, keep in all cache levels, data
+        return context.get_dummy_value()
+
+    return types.void(array, index), codegen
+
+
+@intrinsic
+def _trailing_zeros(typingctx, value):
+    """Index of the lowest set bit of a non-zero 64-bit integer (``llvm.cttz``)."""
+    if not isinstance(value, types.Integer) or value.bitwidth != 64:
+        return None
+
+    def codegen(context, builder, signature, args):
+        i64 = ir.IntType(64)
+        function = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(i64, [i64, ir.IntType(1)]), "llvm.cttz.i64")
+        return builder.call(function, [args[0], ir.IntType(1)(1)])
+
+    return types.int64(value), codegen
+
+
+@numba.njit(cache=True, nogil=True)
+def _counting_order(keys, n_keys, order, counts):
+    """Voxels with key >= 1 into ``order``, highest key first, voxels of one key in index order; returns how many."""
+    counts[: n_keys + 1] = 0
+    for v in range(keys.size):
+        counts[keys[v]] += 1
+    position = 0
+    for k in range(n_keys, 0, -1):
+        count = counts[k]
+        counts[k] = position
+        position += count
+    for v in range(keys.size):
+        k = keys[v]
+        if k > 0:
+            order[counts[k]] = v
+            counts[k] += 1
+    return position
+
+
+@numba.njit(cache=True, nogil=True)
+def _level_order(values, top, dh, steps, H, order, heights, keys, counts):
+    """Stepped TFCE: the voxels with at least one threshold, highest level first (a counting sort).
+
+    A voxel's level is the number of thresholds ``k step`` (k = 1..n_levels; with the automatic step the last one
+    is ``top`` itself, as ``numpy.linspace(0, top, n_levels + 1)[1:]``) at or below its value: ``floor(value /
+    step)`` corrected by direct comparison with the thresholds, so that rounding never moves a voxel sitting on a
+    threshold. Writes ``heights[i] = sum_{k <= level} k^H`` of ``order[i]``; returns the number of voxels ordered and
+    ``step^(H+1)``, the factor from these sums to TFCE.
+    """
+    if dh > 0.0:
+        step = dh
+        n_levels = int(math.floor(top / step)) + 1
+    else:
+        step = top / steps
+        n_levels = steps
+    thresholds = step * np.arange(1, n_levels + 2).astype(np.float64)
+    if dh <= 0.0:
         thresholds[n_levels - 1] = top
-    level = np.floor(np.clip(values / step, 0, n_levels)).astype(np.int16)
-    up = (level < n_levels) & (values >= thresholds[level])
-    level += up
-    down = (level > 0) & (values < thresholds[np.maximum(level - 1, 0)])
-    level -= down
-    return level
+    for v in range(values.size):
+        value = values[v]
+        level = int(math.floor(min(max(value / step, 0.0), float(n_levels))))
+        if level < n_levels and value >= thresholds[level]:
+            level += 1
+        if level > 0 and value < thresholds[level - 1]:
+            level -= 1
+        keys[v] = level
+    n_active = _counting_order(keys, n_levels, order, counts)
+    cumulative = np.zeros(n_levels + 1)
+    for k in range(1, n_levels + 1):
+        cumulative[k] = cumulative[k - 1] + float(k) ** H
+    for i in range(n_active):
+        heights[i] = cumulative[keys[order[i]]]
+    return n_active, step ** (H + 1.0)
 
 
-def _tail_levels(
-    maps: np.ndarray, two_sided: bool, dh: float | None, steps: int
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """Threshold levels of every (map, tail) pair, one row each (row ``tails * b + t``; t = 1 is -map).
+@numba.njit(cache=True, nogil=True)
+def _value_order(values, top, H, order, heights, keys, counts):
+    """Exact TFCE: the positive voxels by decreasing value, ``heights[i] = value^(H+1)`` of ``order[i]``.
 
-    Returns the levels (rows of V + 1 values, the last one standing for "outside the mask"), the step of each
-    row and the highest level.
+    A counting sort into about one bucket per voxel (buckets of equal width, monotone in the value), then each
+    bucket sorted on its own: linear time for the smooth maps of imaging, O(n log n) at worst. Returns the
+    number of voxels ordered and ``1 / (H+1)``, the factor from these powers to TFCE.
     """
-    n_maps, n_voxels = maps.shape
-    tails = (1.0, -1.0) if two_sided else (1.0,)
-    levels = np.zeros((n_maps * len(tails), n_voxels + 1), dtype=np.int16)
-    steps_used = np.ones(n_maps * len(tails))
-    top_level = 0
-    for b in range(n_maps):
-        for t, sign in enumerate(tails):
-            row = b * len(tails) + t
-            values = sign * maps[b]
-            top = float(np.max(values)) if n_voxels else 0.0
-            if top <= 0:
-                continue
-            step = top / steps if dh is None else float(dh)
-            n_levels = steps if dh is None else int(np.floor(top / step)) + 1
-            if n_levels > np.iinfo(np.int16).max - 1:
-                raise RunnerError(
-                    f"tfce_dh={dh} gives {n_levels} thresholds for a map whose maximum is {top:.3g}; "
-                    "use a larger step"
-                )
-            levels[row, :n_voxels] = threshold_levels(values, step, n_levels, top if dh is None else None)
-            steps_used[row] = step
-            top_level = max(top_level, int(levels[row].max()))
-    return levels, steps_used, top_level
+    n_buckets = 0
+    for v in range(values.size):
+        n_buckets += values[v] > 0.0
+    for v in range(values.size):
+        value = values[v]
+        keys[v] = 0 if not value > 0.0 else min(int(value / top * n_buckets), n_buckets - 1) + 1
+    n_active = _counting_order(keys, n_buckets, order, counts)
+    start = 0
+    while start < n_active:
+        stop = start + 1
+        while stop < n_active and keys[order[stop]] == keys[order[start]]:
+            stop += 1
+        if stop - start <= 16:  # insertion sort, decreasing values
+            for i in range(start + 1, stop):
+                voxel = order[i]
+                j = i
+                while j > start and values[order[j - 1]] < values[voxel]:
+                    order[j] = order[j - 1]
+                    j -= 1
+                order[j] = voxel
+        else:
+            segment = order[start:stop].copy()
+            ranked = np.argsort(-values[segment])
+            for i in range(stop - start):
+                order[start + i] = segment[ranked[i]]
+        start = stop
+    for i in range(n_active):
+        heights[i] = values[order[i]] ** (H + 1.0)
+    return n_active, 1.0 / (H + 1.0)
 
 
-def _enhance(
-    maps: np.ndarray,
-    graph: VoxelGraph,
-    two_sided: bool,
-    E: float,
-    H: float,
-    dh: float | None,
-    steps: int,
-    want_maps: bool,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Per-map maximum |TFCE| and, optionally, the TFCE maps (see the module docstring for the algorithm).
+@numba.njit(cache=True, nogil=True)
+def _merge_tree(order, heights, n_active, neighbours, adjacent, lines, E, parent, size, since, best, offset,
+                want_maps):
+    """Add the voxels in ``order`` one by one, joining each to its neighbours already present (union-find).
 
-    Each (map, tail) pair is a row of its own, so a voxel's neighbours from another tail or another map are
-    simply never active in its row. Voxels of all rows are sorted by level, highest first ("rank"); at each
-    level the new voxels are linked to neighbours of lower rank (already present) and the union runs on the
-    graph of the current components plus the new voxels.
+    ``parent[u] < 0`` marks voxels not yet added (and the index ``V`` that stands for "outside the mask").
+    ``since[root]`` is the height (as in ``heights``) down to which a cluster's contribution has been counted,
+    ``best[root]`` the largest TFCE among its members, ``offset`` the contributions (a member's TFCE is the sum of
+    ``offset`` along its path to the root). A present neighbour adjacent to one already joined (bit set in
+    ``adjacent[j]``) is in the same cluster and needs no find. Returns the largest TFCE, in height units.
     """
-    n_maps, n_voxels = maps.shape
-    tails = 2 if two_sided else 1
-    stride = n_voxels + 1
-    levels, steps_used, top_level = _tail_levels(maps, two_sided, dh, steps)
-    n_rows = levels.shape[0]
-    flat = levels.ravel()
-    if flat.size >= np.iinfo(np.int32).max:
-        raise RunnerError("too many voxels in one TFCE batch; lower the memory budget")
-    active = np.flatnonzero(flat)
-    n_active = active.size
-    maxima = np.zeros(n_maps)
-    if n_active == 0:
-        return maxima, (np.zeros((n_maps, n_voxels)) if want_maps else None)
-
-    # rows of the active voxels without a division: active is sorted, so rows come in runs
-    bounds = np.searchsorted(active, np.arange(n_rows + 1) * stride)
-    row_of_active = np.repeat(np.arange(n_rows, dtype=np.int32), np.diff(bounds))
-    key_type = np.uint8 if top_level < 256 else np.uint16
-    depth = (top_level - flat[active]).astype(key_type)  # 0 for the highest level: sort ascending, stably
-    by_level = np.argsort(depth, kind="stable")
-    order = active[by_level].astype(np.int32)
-    row_of_voxel = row_of_active[by_level]
-    base = row_of_voxel * np.int32(stride)
-    voxel_in_map = order - base
-    rank = np.full(flat.size, n_active, dtype=np.int32)
-    rank[order] = np.arange(n_active, dtype=np.int32)
-    entered = np.cumsum(np.bincount(depth, minlength=top_level))
-    del depth, by_level, row_of_active, active
-    factor = steps_used ** (H + 1.0)  # contribution at level k: extent^E * k^H * dh^(H + 1)
-    height = np.arange(top_level + 1, dtype=np.float64) ** H
-
-    component = np.empty(n_active, dtype=np.int32)
-    sizes = np.zeros(0)
-    best = np.zeros(0)
-    row_of_component = np.zeros(0, dtype=np.int32)
-    accumulated = np.zeros(n_active) if want_maps else None
-    n_before, n_components = 0, 0
-    neighbours = graph.neighbours
     n_neighbours = neighbours.shape[1]
-    for step_index in range(top_level):
-        k = top_level - step_index
-        n_now = int(entered[step_index])
-        n_new = n_now - n_before
-        if n_new:
-            component[n_before:n_now] = np.arange(n_components, n_components + n_new, dtype=np.int32)
-            candidates = neighbours[voxel_in_map[n_before:n_now]]
-            candidates += base[n_before:n_now, None]
-            candidate_rank = rank[candidates]
-            # link each new voxel to the neighbours already present (lower rank): every pair exactly once
-            linked = candidate_rank < np.arange(n_before, n_now, dtype=np.int32)[:, None]
-            flags = linked.view(np.uint8)
-            per_row = flags[:, 0].astype(np.int64)
-            for column in range(1, n_neighbours):  # faster than a reduction along a short last axis
-                per_row += flags[:, column]
-            node_sizes = np.concatenate([sizes, np.ones(n_new)])
-            node_best = np.concatenate([best, np.zeros(n_new)])
-            node_row = np.concatenate([row_of_component, row_of_voxel[n_before:n_now]])
-            n_nodes = n_components + n_new
-            targets = component[np.compress(linked.ravel(), candidate_rank.ravel())]
-            if targets.size:
-                indptr = np.zeros(n_nodes + 1, dtype=np.int64)
-                np.cumsum(per_row, out=indptr[n_components + 1 :])
-                adjacency = csr_matrix((np.ones(targets.size), targets, indptr), shape=(n_nodes, n_nodes))
-                n_components, label = connected_components(adjacency, directed=True, connection="weak")
-                label = label.astype(np.int32)
-                component[:n_now] = label[component[:n_now]]
-                sizes = np.bincount(label, weights=node_sizes, minlength=n_components)
-                best = np.zeros(n_components)
-                np.maximum.at(best, label, node_best)
-                row_of_component = np.empty(n_components, dtype=np.int32)
-                row_of_component[label] = node_row
-            else:
-                n_components, sizes, best, row_of_component = n_nodes, node_sizes, node_best, node_row
-        n_before = n_now
-        contribution = sizes**E * (height[k] * factor[row_of_component])
-        best += contribution
+    table = neighbours.reshape(-1)
+    square_root = E == 0.5
+    for i in range(n_active):
+        if i + PREFETCH_FAR < n_active:
+            far = order[i + PREFETCH_FAR]
+            _prefetch(table, far * n_neighbours)
+            _prefetch(table, far * n_neighbours + n_neighbours - 1)
+            _prefetch(size, far)
+            _prefetch(since, far)
+            _prefetch(best, far)
+            if want_maps:
+                _prefetch(offset, far)
+        if i + PREFETCH_NEAR < n_active:
+            near = order[i + PREFETCH_NEAR]
+            for line in lines:
+                _prefetch(parent, neighbours[near, line])
+        voxel = order[i]
+        now = heights[i]
+        present = 0  # bit j: neighbour j already added (a mask rather than a branch per neighbour)
+        for j in range(n_neighbours):
+            present |= np.int64(parent[neighbours[voxel, j]] >= 0) << j
+        parent[voxel] = voxel
+        size[voxel] = 1
+        since[voxel] = now
+        best[voxel] = 0.0
         if want_maps:
-            accumulated[:n_now] += contribution[component[:n_now]]
-    np.maximum.at(maxima, row_of_component // tails, best)
-    if not want_maps:
-        return maxima, None
-    enhanced = np.zeros(flat.size)
-    enhanced[order] = accumulated
-    enhanced = enhanced.reshape(n_maps, tails, stride)[:, :, :n_voxels]
-    return maxima, (enhanced[:, 0] - enhanced[:, 1] if two_sided else enhanced[:, 0].copy())
+            offset[voxel] = 0.0
+        root = voxel
+        joined = 0
+        while present:
+            bit = present & -present
+            present ^= bit
+            j = _trailing_zeros(bit)
+            joined |= bit
+            if adjacent[j] & joined:
+                continue
+            other = neighbours[voxel, j]
+            # the other root, halving the path (a node that skips its parent takes over the parent's offset)
+            while True:
+                up = parent[other]
+                if up == other:
+                    break
+                above = parent[up]
+                if above != up:
+                    if want_maps:
+                        offset[other] += offset[up]
+                    parent[other] = above
+                other = above
+            if other == root:
+                continue
+            # both clusters contribute with their present extent down to this height, then merge
+            for cluster in (root, other):
+                gap = since[cluster] - now
+                if gap > 0.0:
+                    gain = (math.sqrt(size[cluster]) if square_root else float(size[cluster]) ** E) * gap
+                    best[cluster] += gain
+                    if want_maps:
+                        offset[cluster] += gain
+                    since[cluster] = now
+            if size[other] > size[root]:
+                root, other = other, root
+            parent[other] = root
+            size[root] += size[other]
+            if best[other] > best[root]:
+                best[root] = best[other]
+            if want_maps:
+                offset[other] -= offset[root]
+    peak = 0.0
+    for i in range(n_active):
+        voxel = order[i]
+        if parent[voxel] == voxel:  # a root: its contribution from its last height down to 0
+            gain = (math.sqrt(size[voxel]) if square_root else float(size[voxel]) ** E) * since[voxel]
+            best[voxel] += gain
+            if want_maps:
+                offset[voxel] += gain
+            if best[voxel] > peak:
+                peak = best[voxel]
+    return peak
+
+
+@numba.njit(cache=True, nogil=True)
+def _enhance(maps, neighbours, adjacent, lines, E, H, dh, steps, exact, two_sided, want_maps):
+    """Largest |TFCE| of each map and, if ``want_maps``, the TFCE maps (see the module docstring)."""
+    n_maps, n_voxels = maps.shape
+    maxima = np.zeros(n_maps)
+    enhanced = np.zeros((n_maps if want_maps else 0, n_voxels))
+    parent = np.full(n_voxels + 1, -1, dtype=np.int32)
+    size = np.empty(n_voxels, dtype=np.int32)
+    since = np.empty(n_voxels)
+    best = np.empty(n_voxels)
+    offset = np.empty(n_voxels if want_maps else 0)
+    order = np.empty(n_voxels, dtype=np.int32)
+    heights = np.empty(n_voxels)
+    keys = np.empty(n_voxels, dtype=np.int32)
+    values = np.empty(n_voxels)
+    counts = np.empty(n_voxels + 2 if exact else steps + 2, dtype=np.int64)
+    for b in range(n_maps):
+        for tail in range(2 if two_sided else 1):
+            sign = 1.0 if tail == 0 else -1.0
+            top = 0.0
+            for v in range(n_voxels):
+                values[v] = sign * maps[b, v]
+                if values[v] > top:
+                    top = values[v]
+            if top <= 0.0:
+                continue
+            if exact:
+                n_active, factor = _value_order(values, top, H, order, heights, keys, counts)
+            else:
+                n_levels = steps if dh <= 0.0 else int(math.floor(top / dh)) + 1
+                if counts.size < n_levels + 2:
+                    counts = np.empty(n_levels + 2, dtype=np.int64)
+                n_active, factor = _level_order(values, top, dh, steps, H, order, heights, keys, counts)
+            peak = _merge_tree(order, heights, n_active, neighbours, adjacent, lines, E, parent, size, since, best,
+                               offset, want_maps)
+            maxima[b] = max(maxima[b], peak * factor)
+            if want_maps:  # a voxel's TFCE: the contributions along its path to the root
+                for i in range(n_active):
+                    voxel = order[i]
+                    total = 0.0
+                    node = voxel
+                    while True:
+                        total += offset[node]
+                        up = parent[node]
+                        if up == node:
+                            break
+                        node = up
+                    enhanced[b, voxel] = sign * factor * total
+            for i in range(n_active):
+                parent[order[i]] = -1
+    return maxima, enhanced
+
+
+def _adjacency(graph: VoxelGraph) -> tuple[np.ndarray, np.ndarray]:
+    """For each neighbour slot, the bit mask of the slots adjacent to it (under the graph's connectivity), and one
+    slot per (dx, dy) pair of offsets (neighbours that differ only in z share a cache line of the union-find)."""
+    offsets = graph.offsets.astype(np.int64)
+    difference = np.abs(offsets[:, None, :] - offsets[None, :, :])
+    adjacent = (difference.max(axis=2) == 1) & (difference.sum(axis=2) <= CONNECTIVITIES[graph.connectivity])
+    masks = (adjacent * (1 << np.arange(len(offsets), dtype=np.int64))[None, :]).sum(axis=1)
+    _, lines = np.unique(offsets[:, :2], axis=0, return_index=True)
+    return masks.astype(np.int64), np.sort(lines).astype(np.int64)
+
+
+def check_tfce_step(dh: float | str | None) -> tuple[float, bool]:
+    """Validate a TFCE ``dh`` (a positive number, None for max/100, or "exact"); returns (step, exact), step 0
+    standing for the automatic step."""
+    if dh is None:
+        return 0.0, False
+    if isinstance(dh, str) and dh == EXACT:
+        return 0.0, True
+    if isinstance(dh, numbers.Real) and not isinstance(dh, (bool, np.bool_)) and math.isfinite(dh) and dh > 0:
+        return float(dh), False
+    raise RunnerError(f"tfce dh must be a positive number, null (max/100) or 'exact', got {dh!r}")
+
+
+def _run(maps: np.ndarray, graph: VoxelGraph, E: float, H: float, dh: float | str | None, two_sided: bool,
+         steps: int, want_maps: bool) -> tuple[np.ndarray, np.ndarray]:
+    step, exact = check_tfce_step(dh)
+    if step > 0 and maps.size:
+        top = float(np.max(np.abs(maps)))
+        if top / step > MAX_LEVELS:
+            raise RunnerError(f"tfce dh={dh} gives {top / step:.3g} thresholds for a map whose maximum is "
+                              f"{top:.3g}; use a larger step, or 'exact'")
+    if not exact and step == 0 and steps < 1:
+        raise RunnerError(f"the number of TFCE steps must be positive, got {steps}")
+    adjacent, lines = _adjacency(graph)
+    return _enhance(np.ascontiguousarray(maps, dtype=np.float64), graph.neighbours, adjacent, lines, float(E),
+                    float(H), step, int(steps), exact, bool(two_sided), want_maps)
 
 
 def tfce(
@@ -268,7 +461,7 @@ def tfce(
     graph: VoxelGraph,
     E: float = TFCE_E,
     H: float = TFCE_H,
-    dh: float | None = None,
+    dh: float | str | None = None,
     two_sided: bool = True,
     steps: int = TFCE_STEPS,
 ) -> np.ndarray:
@@ -281,8 +474,8 @@ def tfce(
     graph : VoxelGraph
     E, H : float
         Extent and height exponents (0.5 and 2 for 3D images).
-    dh : float or None
-        Threshold step; None uses ``max / steps`` per map and tail.
+    dh : float, None or "exact"
+        Threshold step; None uses ``max / steps`` per map and tail; "exact" integrates over every height.
     two_sided : bool
         Enhance the negative tail too (returned negative); otherwise negative values are ignored.
     steps : int
@@ -294,11 +487,7 @@ def tfce(
     """
     stat = np.asarray(stat)
     maps = _check_maps(stat, graph)
-    batch = max(1, BATCH_VOXELS // max(1, graph.n_voxels))
-    enhanced = np.concatenate(
-        [_enhance(maps[i : i + batch], graph, two_sided, E, H, dh, steps, want_maps=True)[1]
-         for i in range(0, maps.shape[0], batch)]
-    )
+    enhanced = _run(maps, graph, E, H, dh, two_sided, steps, want_maps=True)[1]
     return enhanced[0] if stat.ndim == 1 else enhanced
 
 
@@ -307,7 +496,7 @@ def tfce_maxima(
     graph: VoxelGraph,
     E: float = TFCE_E,
     H: float = TFCE_H,
-    dh: float | None = None,
+    dh: float | str | None = None,
     two_sided: bool = True,
     steps: int = TFCE_STEPS,
 ) -> np.ndarray:
@@ -316,11 +505,7 @@ def tfce_maxima(
     Parameters are those of :func:`tfce`; ``stats`` has shape (B, V). Returns shape (B,).
     """
     maps = _check_maps(stats, graph)
-    batch = max(1, BATCH_VOXELS // max(1, graph.n_voxels))
-    return np.concatenate(
-        [_enhance(maps[i : i + batch], graph, two_sided, E, H, dh, steps, want_maps=False)[0]
-         for i in range(0, maps.shape[0], batch)]
-    )
+    return _run(maps, graph, E, H, dh, two_sided, steps, want_maps=False)[0]
 
 
 def label_components(active: np.ndarray, graph: VoxelGraph, tail: np.ndarray | None = None) -> tuple[np.ndarray, int]:
