@@ -65,3 +65,20 @@ def test_user_config_dir_with_own_experiment(tmp_path):
                      cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert list((tmp_path / "experiments" / "mine").rglob("contrast-mean_stat-z_corr-bonferroni_statmap.nii.gz"))
+
+
+@pytest.mark.parametrize("value, expected", [("exact", "exact"), ("0.1", 0.1), ("null", None)])
+def test_tfce_step_accepts_numbers_null_and_exact(value, expected):
+    from conftest import compose
+    from runner.config import build_settings
+
+    settings = build_settings(compose(["correction=[tfce]", f"correction.tfce.dh={value}"]))
+    assert settings.correction["tfce"].dh == expected
+
+
+@pytest.mark.parametrize("value", ["-1", "exactly", "true"])
+def test_tfce_step_refuses_other_values(tmp_path, value):
+    result = run_cli(["correction=[tfce]", f"correction.tfce.dh={value}", f"hydra.run.dir={tmp_path / 'r'}"],
+                     cwd=tmp_path)
+    assert result.returncode == 2
+    assert "correction.tfce.dh must be a positive number, null (max/100) or exact" in result.stderr
