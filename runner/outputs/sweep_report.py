@@ -19,6 +19,7 @@ import pandas as pd
 
 from runner.outputs.atomic import write_text_atomic
 from runner.outputs.report import REPORT_NAME, esc
+from runner.outputs.report import STYLE as REPORT_STYLE
 
 SWEEP_REPORT_NAME = "multirun_summary.html"
 OVERRIDE_PREFIX = "override:"
@@ -225,39 +226,8 @@ def _status_class(status: str) -> str:
     return {"complete": "ok", "running": "running"}.get(status, "failed")
 
 
-STYLE = """
-:root { --ink: #1a202c; --muted: #5a6478; --line: #e2e8f0; --accent: #2b6cb0; --panel: #f7fafc;
-        --warn-bg: #fffaf0; --warn-line: #dd6b20; }
-* { box-sizing: border-box; }
-html { font-size: 15px; }
-body { margin: 0; color: var(--ink); background: #edf0f4; line-height: 1.45;
-       font-family: -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, "Noto Sans", sans-serif; }
-main { max-width: 1180px; margin: 24px auto; padding: 28px 40px 40px; background: #fff;
-       border: 1px solid var(--line); border-radius: 6px; }
-header { border-bottom: 3px solid var(--accent); padding-bottom: 12px; margin-bottom: 20px; }
-.kicker { margin: 0; color: var(--accent); font-size: 0.8rem; font-weight: 600; letter-spacing: 0.08em;
-          text-transform: uppercase; }
-h1 { margin: 4px 0 6px; font-size: 1.9rem; font-weight: 650; overflow-wrap: anywhere; }
-h2 { font-size: 1.35rem; margin: 30px 0 12px; padding-bottom: 4px; border-bottom: 1px solid var(--line); }
-p { margin: 6px 0 10px; }
-a { color: var(--accent); text-decoration: none; }
-a:hover { text-decoration: underline; }
-code { font-family: "SFMono-Regular", Menlo, Consolas, "DejaVu Sans Mono", monospace; font-size: 0.86em;
-       background: var(--panel); padding: 0 3px; border-radius: 3px; overflow-wrap: anywhere; }
-.muted { color: var(--muted); }
-.facts { margin: 0; font-size: 1.02rem; }
-header .muted { font-size: 0.86rem; }
-.callout { border: 1px solid var(--line); border-left: 4px solid var(--warn-line); border-radius: 4px;
-           padding: 8px 14px; background: var(--warn-bg); }
-ul.warnings { margin: 4px 0; padding-left: 18px; }
-.table-wrap { overflow-x: auto; margin: 6px 0 12px; }
-table { border-collapse: collapse; font-size: 0.88rem; }
-table.compact th, table.compact td { padding: 4px 10px; }
-th { text-align: left; font-weight: 600; border-bottom: 2px solid #cbd5e0; background: var(--panel);
-     white-space: nowrap; }
-td { border-bottom: 1px solid var(--line); vertical-align: top; }
-th.num, td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-tbody tr:nth-child(even) { background: #fbfcfd; }
+# The run report's stylesheet, plus the rules only this page needs.
+STYLE = REPORT_STYLE + """
 td.job { min-width: 160px; max-width: 300px; }
 .nowrap { white-space: nowrap; }
 td.overrides code { display: block; white-space: nowrap; margin: 1px 0; }
@@ -271,5 +241,4 @@ td.error { min-width: 240px; max-width: 420px; color: #9b2c2c; overflow-wrap: an
 .status.failed { background: #c53030; }
 figure.plot { margin: 10px 0 16px; }
 figure.plot img { display: block; max-width: 100%; height: auto; border: 1px solid var(--line); border-radius: 3px; }
-figcaption { font-size: 0.82rem; color: var(--muted); margin-top: 4px; }
 """
