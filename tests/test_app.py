@@ -103,6 +103,12 @@ def test_permutation_outputs_are_consistent_with_their_null(tmp_path):
     expected = -np.log10((null[None, :] >= np.abs(t[mask])[:, None] - 1e-6).mean(axis=1))
     np.testing.assert_allclose(logp[mask], expected, atol=1e-5)
     assert null.size == 200 and null[0] == pytest.approx(np.abs(t).max(), rel=1e-5)
+    # the recorded critical value separates surviving from non-surviving voxels
+    survivors = nib.load(run_dir / "contrast-mean_stat-t_corr-maxt_statmap.nii.gz").get_fdata() != 0
+    critical = by_path["contrast-mean_stat-t_corr-maxt_statmap.nii.gz"]["threshold"]
+    assert np.all(np.abs(t[survivors]) > critical - 1e-6)
+    assert np.all(np.abs(t[mask & ~survivors]) <= critical + 1e-6)
+    assert survivors.any()
     clusters = pd.read_csv(run_dir / "contrast-mean_corr-clustersize_clusters.tsv", sep="\t")
     assert {"x", "y", "z", "size_voxels", "p_fwe"} <= set(clusters.columns)
     assert ((clusters.p_fwe > 0) & (clusters.p_fwe <= 1)).all()

@@ -101,13 +101,26 @@ def _write_shared(writer: OutputWriter, data: GroupData, contrast: Contrast, out
         writer.map(data.unmask(outcome.tfce), data.affine, stat="tfce", correction=None, **meta)
 
 
+def critical_value(null: np.ndarray, alpha: float) -> float:
+    """The value an observed maximum must exceed (strictly) for FWE p = #{null >= observed} / P to be < alpha.
+
+    At most ceil(alpha P) - 1 null values may reach the observed one, so the bar is the ceil(alpha P)-th largest.
+    """
+    if not null.size:
+        return float("nan")
+    allowed = int(np.ceil(alpha * null.size)) - 1
+    if allowed < 0:
+        return float("inf")
+    return float(np.sort(null)[::-1][allowed])
+
+
 def _write_method(writer: OutputWriter, data: GroupData, contrast: Contrast, outcome: PermutationResult,
                   method: str, alpha: float, report: bool) -> dict[str, Any]:
     """logp map, thresholded statistic map, null distribution and cluster table of one FWE method."""
     corrected = outcome.corrected_p[method]
     logp = outcome.logp[method]
     null = outcome.null_max[method]
-    critical = float(np.quantile(null, 1 - alpha, method="higher")) if null.size else float("nan")
+    critical = critical_value(null, alpha)
     surviving = corrected < alpha
     meta = dict(contrast=contrast.name, correction=method, alpha=alpha, n_permutations=outcome.n_permutations_done,
                 exhaustive=outcome.exhaustive, two_sided=outcome.two_sided)
