@@ -482,7 +482,7 @@ class ReportPage:
             facts.append(("clusters", f"{int(row['n_clusters']):,}"))
         if row.get("peak") is not None:
             facts.append(("peak statistic", _fmt(row["peak"], 3)))
-        shown = {"alpha", "threshold", "n_voxels", "n_clusters", "peak", "notes", "warnings"}
+        shown = {"alpha", "threshold", "threshold_text", "family", "n_voxels", "n_clusters", "peak", "notes", "warnings"}
         for key, value in row.items():
             if key not in shown and isinstance(value, (int, float, str, bool, np.generic)) and value is not None:
                 facts.append((key.replace("_", " "), _fmt(value, 4)))
