@@ -15,7 +15,7 @@ from runner.data.loader import GroupData
 from runner.design import Design
 from runner.errors import RunnerError, did_you_mean
 from runner.inference import clusters as cluster_tools
-from runner.inference.permutation import PermutationOptions, PermutationResult, permutation_inference
+from runner.inference.permutation import PermutationOptions, PermutationResult, critical_value, permutation_inference
 from runner.outputs.progress import progress_enabled
 from runner.outputs.results import write_map_figures
 from runner.outputs.writer import OutputWriter
@@ -99,19 +99,6 @@ def _write_shared(writer: OutputWriter, data: GroupData, contrast: Contrast, out
                **meta)
     if outcome.tfce is not None:
         writer.map(data.unmask(outcome.tfce), data.affine, stat="tfce", correction=None, **meta)
-
-
-def critical_value(null: np.ndarray, alpha: float) -> float:
-    """The value an observed maximum must exceed (strictly) for FWE p = #{null >= observed} / P to be < alpha.
-
-    At most ceil(alpha P) - 1 null values may reach the observed one, so the bar is the ceil(alpha P)-th largest.
-    """
-    if not null.size:
-        return float("nan")
-    allowed = int(np.ceil(alpha * null.size)) - 1
-    if allowed < 0:
-        return float("inf")
-    return float(np.sort(null)[::-1][allowed])
 
 
 def _write_method(writer: OutputWriter, data: GroupData, contrast: Contrast, outcome: PermutationResult,
