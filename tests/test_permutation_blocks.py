@@ -64,37 +64,46 @@ def _assert_identical(first, other, methods):
 
 
 def test_maxt_is_identical_for_any_workers_block_size_and_executor():
+    # 30 maps and a narrow image: shapes for which OpenBLAS rounds a row differently in a GEMM of another height
+    # (e.g. 1 or 100 rows instead of 256), so the test fails when blocks are not cut on the unit grid
     rng = np.random.default_rng(4)
-    X = np.column_stack([np.ones(14), rng.standard_normal(14), rng.standard_normal(14)])
-    Y = rng.standard_normal((14, 6000))  # two voxel chunks
-    C = np.array([[0, 1.0, 0]])
-    settings = dict(n_permutations=700)  # three GEMM units of 256
+    X = np.column_stack([np.ones(30), rng.standard_normal(30)])
+    Y = rng.standard_normal((30, 180))
+    C = np.array([[0, 1.0]])
+    settings = dict(n_permutations=1100)  # four GEMM units of 256 and a short one
     reference = _run(Y, X, C, None, ("maxt",), n_jobs=1, **settings)
     runs = [_run(Y, X, C, None, ("maxt",), n_jobs=2, **settings),
             _run(Y, X, C, None, ("maxt",), n_jobs=2, block_size=PERMUTATION_BLOCK, **settings),
             _run(Y, X, C, None, ("maxt",), n_jobs=1, block_size=2 * PERMUTATION_BLOCK, **settings),
             _run(Y, X, C, None, ("maxt",), n_jobs=3, block_size=1, **settings),
+            _run(Y, X, C, None, ("maxt",), n_jobs=1, block_size=5000, **settings),
             _run(Y, X, C, None, ("maxt",), PicklingExecutor(), block_size=PERMUTATION_BLOCK, **settings)]
     for other in runs:
         _assert_identical(reference, other, ("maxt",))
-    different = _run(Y, X, C, None, ("maxt",), n_jobs=1, n_permutations=700, seed=8)
+    different = _run(Y, X, C, None, ("maxt",), n_jobs=1, n_permutations=1100, seed=8)
     assert not np.array_equal(different.null_max["maxt"], reference.null_max["maxt"])
 
 
-def test_cluster_and_tfce_are_identical_for_any_workers_block_size_and_executor():
+@pytest.mark.parametrize(("design", "unit"), [("one_sample", 1), ("covariates", 3)])
+def test_cluster_and_tfce_are_identical_for_any_workers_block_size_and_executor(design, unit):
     rng = np.random.default_rng(5)
     mask = _mask()
     n_voxels = int(mask.sum())
-    X = np.column_stack([np.ones(14), rng.standard_normal(14), rng.standard_normal(14)])
-    Y = _smooth_data(rng, 14, mask)
-    C = np.array([[0, 1.0, 0]])
-    budget = 3 * (8 * n_voxels * 7 + 40 * n_voxels)  # whole maps of three elements per GEMM
-    assert spatial_unit(60, n_voxels, 3, budget) == 3
+    # sign-flips of one regressor: a unit of one element is a matrix-vector product, which rounds differently from
+    # a GEMM, so the test fails when whole maps are computed per block instead of per unit
+    if design == "one_sample":
+        X, C = np.ones((14, 1)), np.array([[1.0]])
+    else:
+        X, C = np.column_stack([np.ones(14), rng.standard_normal(14), rng.standard_normal(14)]), np.array([[0, 1.0, 0]])
+    Y = _smooth_data(rng, 14, mask) + (0.5 if design == "one_sample" else 0.0)
+    rank = X.shape[1]
+    budget = unit * (8 * n_voxels * (rank + 4) + 40 * n_voxels)  # whole maps of ``unit`` elements per GEMM
+    assert spatial_unit(60, n_voxels, rank, budget) == unit
     settings = dict(n_permutations=60, memory_budget_bytes=budget)
     reference = _run(Y, X, C, mask, ALL_METHODS, n_jobs=1, **settings)
     runs = [_run(Y, X, C, mask, ALL_METHODS, n_jobs=2, **settings),
-            _run(Y, X, C, mask, ALL_METHODS, n_jobs=2, block_size=3, **settings),
-            _run(Y, X, C, mask, ALL_METHODS, n_jobs=1, block_size=7, **settings),  # rounded up to 9
+            _run(Y, X, C, mask, ALL_METHODS, n_jobs=2, block_size=unit, **settings),
+            _run(Y, X, C, mask, ALL_METHODS, n_jobs=1, block_size=7, **settings),
             _run(Y, X, C, mask, ALL_METHODS, n_jobs=2, block_size=1000, **settings),
             _run(Y, X, C, mask, ALL_METHODS, PicklingExecutor(), block_size=6, **settings)]
     for other in runs:
