@@ -1,5 +1,6 @@
 """Memory-bounded loading and fitting: a memory-mapped study gives the same numbers as one held in memory, 4D series
-are streamed once, and the chunk loop keeps its order (bounded and cancellable: test_execution.py). (benchmarks/bench_memory.py measures the memory.)"""
+are streamed once, and the chunk loop keeps its order (bounded and cancellable: test_execution.py).
+(benchmarks/bench_memory.py measures the memory.)"""
 
 from __future__ import annotations
 
