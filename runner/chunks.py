@@ -2,22 +2,21 @@
 
 OLS and max-statistics are independent per voxel: the model fits one chunk of voxels at a time, and a max-T null
 distribution is the element-wise maximum of per-chunk maxima (:func:`reduce_chunks` with ``np.maximum``). Every
-loop goes through :func:`ordered_map`, which runs locally (threads: numpy releases the GIL in BLAS) or on any
-``concurrent.futures.Executor`` given as ``executor`` -- e.g. ``dask.distributed.Client(...).get_executor()`` hands
-the chunks to a cluster without changing the callers (the data must then be a file the workers can memory-map).
+loop over chunks is a list of tasks run by an executor (:mod:`runner.execution`): local threads today, a
+distributed executor later, without changing the callers.
 """
 
 from __future__ import annotations
 
-import collections
 import functools
 import mmap
 import os
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import TypeVar
 
 import numpy as np
+
+from runner.execution import Executor, LocalExecutor, Task
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -80,43 +79,30 @@ def ordered_map(func: Callable[[T], R], items: Iterable[T], n_jobs: int = 1, exe
     """``map(func, items)`` in order, on ``n_jobs`` local threads or on ``executor``.
 
     At most ``lookahead`` (default 2 x n_jobs) items are in flight, so results waiting to be consumed stay few
-    (memory is bounded whatever the number of items) and an interruption cancels what has not started.
+    (memory is bounded whatever the number of items) and an interruption cancels what has not started. Without an
+    executor BLAS is left alone (this serves I/O such as decoding images; statistics go through :func:`map_chunks`).
     """
-    if executor is None and n_jobs <= 1:
-        for item in items:
-            yield func(item)
-        return
-    pool = executor or ThreadPoolExecutor(max_workers=n_jobs)
-    limit = lookahead or 2 * max(1, n_jobs)
-    pending: collections.deque = collections.deque()
-    try:
-        for item in items:
-            pending.append(pool.submit(func, item))
-            if len(pending) >= limit:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-    finally:
-        for future in pending:
-            future.cancel()
-        if executor is None:
-            pool.shutdown(wait=True, cancel_futures=True)
+    executor = executor or LocalExecutor(max(1, n_jobs), blas_threads=None, lookahead=lookahead)
+    return executor.map(Task(func, (item,)) for item in items)
 
 
-def map_chunks(func: Callable[[slice], T], slices: Iterable[slice], n_jobs: int = 1,
-               progress: Callable[[int], None] | None = None, executor: Executor | None = None) -> Iterator[T]:
-    """Apply ``func`` to every voxel slice, in order (locally, or on ``executor``: see the module docstring)."""
-    slices = list(slices)
-    for piece, result in zip(slices, ordered_map(func, slices, n_jobs=n_jobs, executor=executor)):
-        if progress:
-            progress(piece.stop - piece.start)
-        yield result
+def map_chunks(func: Callable[..., T], slices: Iterable[slice], n_jobs: int = 1,
+               progress: Callable[[int], None] | None = None, executor: Executor | None = None,
+               arguments: tuple = ()) -> Iterator[T]:
+    """``func(*arguments, piece)`` for every voxel slice, in order, on ``executor`` (default: ``n_jobs`` threads).
+
+    ``progress`` receives the number of voxels of each finished chunk. For an executor that runs tasks elsewhere,
+    ``func`` must be a module-level function and large ``arguments`` handed over with ``executor.share``.
+    """
+    executor = executor or LocalExecutor(max(1, n_jobs))
+    tasks = (Task(func, (*arguments, piece), weight=piece.stop - piece.start) for piece in slices)
+    return executor.map(tasks, progress)
 
 
-def reduce_chunks(func: Callable[[slice], R], slices: Iterable[slice], combine: Callable[[R, R], R],
-                  n_jobs: int = 1, executor: Executor | None = None) -> R:
-    """Combine per-chunk results, e.g. ``combine=np.maximum`` over per-chunk maxima for max-T null distributions."""
-    return functools.reduce(combine, map_chunks(func, slices, n_jobs=n_jobs, executor=executor))
+def reduce_chunks(func: Callable[..., R], slices: Iterable[slice], combine: Callable[[R, R], R],
+                  n_jobs: int = 1, executor: Executor | None = None, arguments: tuple = ()) -> R:
+    """Combine per-chunk results in chunk order, e.g. ``combine=np.maximum`` over per-chunk maxima."""
+    return functools.reduce(combine, map_chunks(func, slices, n_jobs=n_jobs, executor=executor, arguments=arguments))
 
 
 # -- reading chunks ----------------------------------------------------------------------------------------------

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-from concurrent.futures import Executor
 
 import numpy as np
 
 from runner import glm
 from runner.chunks import chunk_size_for, chunk_slices, map_chunks, read_chunk
 from runner.contrasts import Contrast
+from runner.execution import Executor, LocalExecutor
 
 log = logging.getLogger(__name__)
 
@@ -33,30 +33,35 @@ def fit_contrasts(Y: np.ndarray, X: np.ndarray, contrasts: list[Contrast], *,
     X : (n, p) design matrix.
     contrasts : contrasts to compute.
     memory_budget_bytes : memory the whole run may use; the data held in memory and the results are taken off it,
-        the rest is shared by the ``n_jobs`` chunks in flight. None: 256 MB per chunk.
-    executor : run the chunks on this ``concurrent.futures.Executor`` (e.g. Dask's) instead of local threads.
+        the rest is shared by the chunks in flight (one per worker). None: 256 MB per chunk.
+    executor : run the chunks on this :class:`runner.execution.Executor` instead of ``n_jobs`` local threads.
 
     Returns
     -------
     dict mapping contrast name to its :class:`runner.glm.ContrastResult` over all V voxels.
     """
     n, n_voxels = Y.shape
+    executor = executor or LocalExecutor(n_jobs)
     working = None
     if memory_budget_bytes is not None:
         results = RESULT_ARRAYS * 8 * n_voxels * sum(max(1, c.matrix.shape[0]) for c in contrasts)
-        working = (float(memory_budget_bytes) - resident_bytes(Y) - results) / max(1, n_jobs)
+        working = (float(memory_budget_bytes) - resident_bytes(Y) - results) / max(1, executor.n_workers)
     mapped = isinstance(Y, np.memmap)  # its pages of one chunk are resident until read_chunk releases them
     size = chunk_size_for(n, n_voxels, working, copies=CHUNK_COPIES + mapped)
     slices = chunk_slices(n_voxels, size)
     log.info("fitting OLS at %d voxel(s) of %d map(s) in %d chunk(s) of up to %d voxel(s)%s", n_voxels, n,
              len(slices), size, " (data memory-mapped)" if mapped else "")
 
-    def one_chunk(piece: slice) -> dict[str, glm.ContrastResult]:
-        fit = glm.ols_fit(read_chunk(Y, piece), X)
-        return {c.name: glm.compute_contrast(fit, c.matrix, c.stat_type) for c in contrasts}
-
-    parts = list(map_chunks(one_chunk, slices, n_jobs=n_jobs, executor=executor))
+    arguments = (executor.share(Y), X, contrasts)
+    parts = list(map_chunks(fit_chunk, slices, executor=executor, arguments=arguments))
     return {c.name: _concatenate([part[c.name] for part in parts]) for c in contrasts}
+
+
+def fit_chunk(Y: np.ndarray, X: np.ndarray, contrasts: list[Contrast],
+              piece: slice) -> dict[str, glm.ContrastResult]:
+    """OLS and every contrast at the voxels ``piece`` of ``Y`` (one task of the voxel loop)."""
+    fit = glm.ols_fit(read_chunk(Y, piece), X)
+    return {c.name: glm.compute_contrast(fit, c.matrix, c.stat_type) for c in contrasts}
 
 
 def _concatenate(parts: list[glm.ContrastResult]) -> glm.ContrastResult:

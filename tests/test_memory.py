@@ -1,10 +1,8 @@
 """Memory-bounded loading and fitting: a memory-mapped study gives the same numbers as one held in memory, 4D series
-are streamed once, and the chunk loop is bounded and cancellable. (benchmarks/bench_memory.py measures the memory.)"""
+are streamed once, and the chunk loop keeps its order (bounded and cancellable: test_execution.py).
+(benchmarks/bench_memory.py measures the memory.)"""
 
 from __future__ import annotations
-
-import threading
-import time
 
 import nibabel as nib
 import numpy as np
@@ -106,22 +104,8 @@ def test_chunk_widths_are_capped_aligned_and_within_the_budget():
     assert 0 < chunks.memory_budget_bytes(None) <= chunks.available_memory_bytes()
 
 
-def test_ordered_map_keeps_few_items_in_flight_and_stops_on_error():
-    started, lock = [], threading.Lock()
-
-    def work(item: int) -> int:
-        with lock:
-            started.append(item)
-        if item == 3:
-            raise ValueError("boom")
-        time.sleep(0.01)
-        return item * 2
-
-    results = []
-    with pytest.raises(ValueError, match="boom"):
-        for value in chunks.ordered_map(work, range(1000), n_jobs=2):
-            results.append(value)
-    assert results == [0, 2, 4] and max(started) < 3 + 2 * 2 + 1
+def test_ordered_map_and_reduce_chunks_keep_order():
+    """Both run on the executor (look-ahead and errors: test_execution.py)."""
     assert list(chunks.ordered_map(lambda x: x + 1, range(5), n_jobs=3)) == [1, 2, 3, 4, 5]
     assert chunks.reduce_chunks(lambda s: np.arange(s.start, s.stop).max(), chunks.chunk_slices(100, 7),
                                 np.maximum, n_jobs=2) == 99

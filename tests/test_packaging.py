@@ -22,7 +22,9 @@ def test_wheel_contains_configs_and_resources(tmp_path):
     for required in ("runner/conf/config.yaml", "runner/conf/experiment/one_sample.yaml",
                      "runner/conf/correction/fdr.yaml", "runner/conf/hydra/launcher/slurm_example.yaml",
                      "runner/resources/mni152_brain_mask_3mm.nii.gz", "runner/resources/README.md",
-                     "runner/__main__.py"):
+                     "runner/__main__.py", "runner/execution/local.py",
+                     "runner/inference/permutation/driver.py", "runner/inference/methods/height.py",
+                     "runner/space/grid.py", "runner/stages/pipeline.py"):
         assert required in names, required
 
 

@@ -1,4 +1,7 @@
-"""Permutation engine against a literal one-permutation-at-a-time reference, exact tests, blocks and nilearn."""
+"""Permutation engine against a literal one-permutation-at-a-time reference, exact tests and nilearn.
+
+Blocks and determinism: test_permutation_blocks.py; kernels: test_permutation_scores.py; p-values:
+test_permutation_pvalues.py."""
 
 from __future__ import annotations
 
@@ -11,13 +14,7 @@ from scipy import linalg, ndimage
 from scipy import stats as distributions
 
 from runner.errors import RunnerError
-from runner.inference.permutation import (
-    PermutationOptions,
-    chunk_null_maxima,
-    observed_scores,
-    partition_model,
-    permutation_inference,
-)
+from runner.inference.permutation import PermutationOptions, permutation_inference
 from runner.inference.permutation_sets import count_distinct, make_permutation_set
 
 ALL_METHODS = ("maxt", "clustersize", "clustermass", "tfce")
@@ -338,66 +335,6 @@ def test_scheme_choice():
         result = permutation_inference(np.random.default_rng(1).standard_normal((n, 3)), X, np.asarray(C), None,
                                        ["maxt"], PermutationOptions(n_permutations=50))
         assert result.scheme == scheme, (C, result.scheme)
-
-
-# ------------------------------------------------------------------------------------------ determinism
-
-
-@pytest.mark.parametrize("methods", [("maxt",), ALL_METHODS])
-def test_same_seed_and_any_n_jobs_give_identical_results(methods):
-    rng = np.random.default_rng(4)
-    mask = small_mask()
-    X = make_design("covariates", 14, rng)
-    Y = smooth_data(rng, 14, mask)
-    runs = [
-        permutation_inference(Y, X, np.array([[0, 1.0, 0]]), mask, methods,
-                              PermutationOptions(n_permutations=300, seed=7, n_jobs=n_jobs, cluster_forming_p=0.05,
-                                                 memory_budget_bytes=200_000))
-        for n_jobs in (1, 1, 2)
-    ]
-    first = runs[0]
-    for other in runs[1:]:
-        np.testing.assert_array_equal(first.stat, other.stat)
-        np.testing.assert_array_equal(first.uncorrected_p, other.uncorrected_p)
-        for method in methods:
-            np.testing.assert_array_equal(first.null_max[method], other.null_max[method])
-            np.testing.assert_array_equal(first.corrected_p[method], other.corrected_p[method])
-    different = permutation_inference(Y, X, np.array([[0, 1.0, 0]]), mask, ["maxt"],
-                                      PermutationOptions(n_permutations=300, seed=8))
-    assert not np.array_equal(different.null_max["maxt"], first.null_max["maxt"])
-
-
-def test_voxel_chunks_combine_to_the_whole():
-    """Per-chunk maxima combined with np.maximum and counts added equal the whole-image computation."""
-    rng = np.random.default_rng(6)
-    X = make_design("covariates", 15, rng)
-    Y = rng.standard_normal((15, 500)).astype(np.float32)
-    C = np.array([[0, 1.0, 0]])
-    model = partition_model(X, C)
-    permutations = make_permutation_set(X, 100, 0, "permutation")
-    data64 = Y.astype(np.float64)
-    residuals = data64 - model.nuisance @ (model.nuisance.T @ data64)
-    observed = np.abs(observed_scores(residuals, model, "abs"))
-    whole_max, whole_counts = chunk_null_maxima(Y, model, permutations, observed)
-    maxima = np.full(99, -np.inf)
-    counts = np.zeros(500, dtype=np.int64)
-    for chunk in np.array_split(np.arange(500), 3):
-        chunk_max, chunk_counts = chunk_null_maxima(Y[:, chunk], model, permutations, observed[chunk])
-        maxima = np.maximum(maxima, chunk_max)
-        counts[chunk] += chunk_counts
-    np.testing.assert_allclose(maxima, whole_max, rtol=1e-12)
-    np.testing.assert_array_equal(counts, whole_counts)
-    result = permutation_inference(Y, X, C, None, ["maxt"], PermutationOptions(n_permutations=100, seed=0))
-    np.testing.assert_allclose(result.null_max["maxt"][1:] ** 2 / model.dof, whole_max, rtol=1e-10)
-
-
-def test_progress_callback_counts_every_element():
-    calls = []
-    Y = np.random.default_rng(0).standard_normal((9, 40))
-    options = PermutationOptions(n_permutations=300, progress=lambda done, total: calls.append((done, total)))
-    permutation_inference(Y, np.ones((9, 1)), [[1.0]], None, ["maxt"], options)
-    assert calls[0] == (1, 300) and calls[-1] == (300, 300)
-    assert all(a[0] < b[0] for a, b in zip(calls, calls[1:], strict=False))
 
 
 # ------------------------------------------------------------------------------------------ errors

@@ -74,19 +74,6 @@ MEASURES = {"maxt": ("", ""), "clustersize": ("cluster size", " voxels"), "clust
             "tfce": ("TFCE", "")}
 
 
-def critical_value(null: np.ndarray, alpha: float) -> float:
-    """The value an observed maximum must exceed (strictly) for FWE p = #{null >= observed} / P to be < alpha.
-
-    At most ceil(alpha P) - 1 null values may reach the observed one, so the bar is the ceil(alpha P)-th largest.
-    """
-    if not null.size:
-        return float("nan")
-    allowed = int(np.ceil(alpha * null.size)) - 1
-    if allowed < 0:
-        return float("inf")
-    return float(np.sort(null)[::-1][allowed])
-
-
 def _engine_settings(params: Any, inputs: ContrastInputs) -> tuple[dict[str, Any], dict[str, Any]]:
     """Engine settings of one method's config: (shared by a pass over the permutations, specific to the method)."""
     from runner.outputs.progress import progress_enabled
@@ -163,6 +150,8 @@ def run_permutation(inputs: ContrastInputs, params_by_method: dict[str, Any]) ->
 
 def _method_result(inputs: ContrastInputs, outcome: Any, method: str, params: Any) -> MethodResult:
     """logp map, thresholded statistic map, null distribution and cluster table of one FWE method."""
+    from runner.inference.permutation.pvalues import critical_value
+
     contrast, alpha = inputs.contrast, params.alpha
     logp = outcome.logp[method]
     null = outcome.null_max[method]

@@ -1,0 +1,133 @@
+"""Blocks of permutations: what one task computes, and how the elements are cut into tasks.
+
+The permutation set is drawn whole from the seed before any block is cut, and every GEMM multiplies a fixed
+*unit* of elements on a grid that starts at element 1 (the identity gives the observed statistic): a block is a
+whole number of units. So the arithmetic of every element -- and therefore the results, bit for bit -- does not
+depend on the block size or on the number or kind of workers; blocks only decide how work is scheduled.
+Maxima are concatenated and exceedance counts added (integers), both exactly.
+
+Max-T alone never needs whole maps: a block loops over voxel chunks (:func:`~.scores.chunk_null_maxima`), so the
+data never have to be residualised or held in float64 as a whole. Clusters and TFCE need whole maps: those blocks
+read the residualised data (n x V, float64) and process one unit of whole maps at a time, the unit sized by the
+memory budget.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from runner.inference.permutation.model import PermutationModel
+from runner.inference.permutation.pvalues import tie_reference
+from runner.inference.permutation.scores import (
+    PERMUTATION_BLOCK,
+    chunk_null_maxima,
+    scores_from_projections,
+    scores_to_statistics,
+    shuffled_basis,
+)
+from runner.inference.permutation.spatial import CLUSTER_METHODS, cluster_maxima
+from runner.inference.permutation_sets import PermutationSet
+from runner.inference.tfce import VoxelGraph, tfce_maxima
+
+VOXEL_CHUNK = 4096  # voxels per chunk in the max-T loop
+MAX_BLOCK = 1024  # permutations per task at most by default (more only when one unit is larger)
+TASKS_PER_WORKER = 4  # default blocks: about this many tasks per worker, for load balance and progress
+
+
+@dataclass(frozen=True)
+class BlockWork:
+    """Everything the tasks of one permutation test read (shared once with every worker, never modified).
+
+    ``data`` is the raw data for max-T blocks and the residualised float64 data (excluded voxels zeroed) for
+    spatial blocks. ``unit`` is the number of elements per GEMM.
+    """
+
+    data: np.ndarray
+    model: PermutationModel
+    permutations: PermutationSet
+    observed: np.ndarray
+    mode: str
+    regression: str
+    two_sided: bool
+    unit: int
+    methods: tuple[str, ...] = ("maxt",)
+    graph: VoxelGraph | None = None
+    threshold: float | None = None
+    tfce_E: float = 0.5
+    tfce_H: float = 2.0
+    tfce_dh: float | str | None = None
+    sum_squares: np.ndarray | None = None
+
+
+def spatial_unit(n_elements: int, n_voxels: int, rank: int, budget_bytes: int) -> int:
+    """Elements per GEMM for whole maps: as many as the budget holds (projections, scores, maps and labelling
+    take about ``8 V (rank + 4) + 40 V`` bytes per element), at least one."""
+    per_element = 8 * n_voxels * (rank + 4) + 40 * n_voxels
+    return max(1, min(n_elements - 1, budget_bytes // per_element))
+
+
+def default_block_size(n_elements: int, unit: int, n_workers: int) -> int:
+    """About TASKS_PER_WORKER tasks per worker, at least one unit, at most max(unit, MAX_BLOCK) elements."""
+    wanted = math.ceil((n_elements - 1) / max(1, TASKS_PER_WORKER * n_workers))
+    return max(unit, min(max(unit, MAX_BLOCK), wanted))
+
+
+def block_bounds(n_elements: int, unit: int, block_size: int) -> list[tuple[int, int]]:
+    """Element ranges ``[first, last)`` of the tasks, from element 1, each a whole number of units (``block_size``
+    rounded up; the last block may be shorter)."""
+    size = unit * max(1, math.ceil(int(block_size) / unit))
+    return [(first, min(n_elements, first + size)) for first in range(1, n_elements, size)]
+
+
+def maxt_block(work: BlockWork, first: int, last: int) -> dict[str, np.ndarray]:
+    """Max-T null maxima of elements ``first..last-1`` and their voxel-wise exceedance counts, voxel chunk by chunk."""
+    n_voxels = work.data.shape[1]
+    voxel_chunk = max(256, min(VOXEL_CHUNK, n_voxels))
+    maxima = np.full(last - first, -np.inf)
+    exceedances = np.zeros(n_voxels, dtype=np.int64)
+    workspace: dict[str, np.ndarray] = {}
+    for v0 in range(0, n_voxels, voxel_chunk):
+        v1 = min(n_voxels, v0 + voxel_chunk)
+        chunk_max, chunk_exceed = chunk_null_maxima(
+            work.data[:, v0:v1], work.model, work.permutations, work.observed[v0:v1],
+            work.regression, work.two_sided, first, last, block=PERMUTATION_BLOCK, workspace=workspace,
+        )
+        np.maximum(maxima, chunk_max, out=maxima)
+        exceedances[v0:v1] += chunk_exceed
+    return {"maxt": maxima, "exceedances": exceedances}
+
+
+def spatial_block(work: BlockWork, first: int, last: int) -> dict[str, np.ndarray]:
+    """Max-T, cluster and TFCE maxima of elements ``first..last-1`` (whole maps, one unit at a time)."""
+    parts = [_spatial_unit(work, start, min(last, start + work.unit)) for start in range(first, last, work.unit)]
+    out = {key: np.concatenate([part[key] for part in parts]) for key in parts[0] if key != "exceedances"}
+    out["exceedances"] = sum((part["exceedances"] for part in parts[1:]), parts[0]["exceedances"])
+    return out
+
+
+def _spatial_unit(work: BlockWork, first: int, last: int) -> dict[str, np.ndarray]:
+    """Whole statistic maps for elements first..last-1 (one GEMM), then their max-T, cluster and TFCE maxima."""
+    model = work.model
+    orders, signs = work.permutations.rows(first, last)
+    rows = shuffled_basis(model.moving, orders, signs)
+    projections = (rows @ work.data).reshape(last - first, model.n_shuffled, -1)
+    map_mode = "F" if model.stat_type == "F" else "signed"
+    scores = scores_from_projections(projections, work.sum_squares, model.n_effects, map_mode)
+    del projections
+    test = np.abs(scores) if work.mode == "abs" else scores
+    out: dict[str, np.ndarray] = {
+        "maxt": np.fmax.reduce(test, axis=1, initial=-np.inf),
+        "exceedances": np.count_nonzero(test >= tie_reference(work.observed), axis=0),
+    }
+    del test
+    stat_maps = scores_to_statistics(scores, model, map_mode)
+    del scores
+    if any(m in CLUSTER_METHODS for m in work.methods):
+        out["clustersize"], out["clustermass"] = cluster_maxima(stat_maps, work.threshold, work.graph,
+                                                                work.two_sided)
+    if "tfce" in work.methods:
+        out["tfce"] = tfce_maxima(stat_maps, work.graph, work.tfce_E, work.tfce_H, work.tfce_dh, work.two_sided)
+    return out

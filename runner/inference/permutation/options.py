@@ -1,0 +1,81 @@
+"""What a permutation test is asked to do (:class:`PermutationOptions`) and what it returns
+(:class:`PermutationResult`); the names of the methods. See :mod:`runner.inference.permutation` for conventions."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from runner.inference.permutation_sets import PermutationSet
+
+METHODS = ("maxt", "clustersize", "clustermass", "tfce")
+SPATIAL_METHODS = ("clustersize", "clustermass", "tfce")
+REGRESSION_METHODS = ("freedman_lane", "ter_braak", "manly")
+DEFAULT_MEMORY_BUDGET = 512 * 2**20
+
+StatType = Literal["t", "F"]
+
+
+@dataclass(frozen=True)
+class PermutationOptions:
+    """Settings of a permutation test (see :mod:`runner.inference.permutation` for the conventions).
+
+    ``n_permutations`` counts the identity. ``scheme`` is "auto" (sign-flips when permuting rows cannot move
+    the effect, e.g. a one-sample test; permutations otherwise), "permutation" or "sign_flip".
+    ``exchangeability_blocks`` gives one integer block label per row. ``tfce_dh`` None means max/100 per map,
+    "exact" the continuous TFCE integral (see :mod:`runner.inference.tfce`).
+    ``progress`` is False, True (a tqdm bar) or a callable ``(done, total)``. ``memory_budget_bytes`` bounds the
+    working arrays of each worker (default 512 MiB), on top of the data and, for cluster and TFCE methods, their
+    float64 residuals. ``n_jobs`` is the number of local workers when no executor is given. ``block_size`` is the
+    number of permutations per task (rounded up to whole GEMM units; None: chosen from the number of workers);
+    neither changes the results.
+    """
+
+    n_permutations: int = 10000
+    seed: int | None = 0
+    two_sided: bool = True
+    method: str = "freedman_lane"
+    exchangeability_blocks: np.ndarray | Sequence[int] | None = None
+    whole_block: bool = False
+    scheme: str = "auto"
+    cluster_forming_p: float = 0.001
+    connectivity: int = 26
+    tfce_E: float = 0.5
+    tfce_H: float = 2.0
+    tfce_dh: float | str | None = None
+    n_jobs: int = 1
+    progress: bool | Callable[[int, int], None] = False
+    memory_budget_bytes: int | None = None
+    block_size: int | None = None
+
+
+@dataclass(frozen=True)
+class PermutationResult:
+    """Observed statistic, permutation p-values and null distributions for one contrast.
+
+    Maps are in-mask vectors (V,) in the order of ``np.flatnonzero(mask)``. ``corrected_p[method]`` is the
+    FWE-corrected p of each voxel (for cluster methods the p of the voxel's cluster, 1 outside clusters);
+    ``logp`` is ``-log10`` of it. ``null_max[method]`` has one value per element, identity first.
+    """
+
+    stat: np.ndarray
+    stat_type: StatType
+    dof: int
+    n_permutations_done: int
+    exhaustive: bool
+    scheme: str
+    method: str
+    two_sided: bool
+    uncorrected_p: np.ndarray
+    corrected_p: dict[str, np.ndarray]
+    logp: dict[str, np.ndarray]
+    null_max: dict[str, np.ndarray]
+    clusters: dict[str, pd.DataFrame]
+    tfce: np.ndarray | None
+    cluster_forming_threshold: float | None
+    permutations: PermutationSet
+    messages: list[str] = field(default_factory=list)
