@@ -17,7 +17,7 @@ from runner.errors import RunnerError, did_you_mean
 from runner.inference import clusters as cluster_tools
 from runner.inference.permutation import PermutationOptions, PermutationResult, permutation_inference
 from runner.outputs.progress import progress_enabled
-from runner.outputs.results import write_map_figures
+from runner.outputs.results import table_peak, write_map_figures
 from runner.outputs.writer import OutputWriter
 
 log = logging.getLogger(__name__)
@@ -114,17 +114,28 @@ def critical_value(null: np.ndarray, alpha: float) -> float:
     return float(np.sort(null)[::-1][allowed])
 
 
+def signed_logp(logp: np.ndarray, stat: np.ndarray) -> np.ndarray:
+    """-log10 p carrying the sign of the statistic, for two-sided tests (FSL/PALM's signed logp convention).
+
+    A two-sided p says how unlikely the effect is, not its direction; signing it by t keeps a deactivation from
+    being drawn (and read) as an activation. Voxels without a statistic keep an unsigned value.
+    """
+    return np.where(np.asarray(stat) < 0, -np.asarray(logp), np.asarray(logp))
+
+
 def _write_method(writer: OutputWriter, data: GroupData, contrast: Contrast, outcome: PermutationResult,
                   method: str, alpha: float, report: bool) -> dict[str, Any]:
     """logp map, thresholded statistic map, null distribution and cluster table of one FWE method."""
     corrected = outcome.corrected_p[method]
     logp = outcome.logp[method]
+    if outcome.two_sided:
+        logp = signed_logp(logp, outcome.stat)
     null = outcome.null_max[method]
     critical = critical_value(null, alpha)
     surviving = corrected < alpha
     meta = dict(contrast=contrast.name, correction=method, alpha=alpha, n_permutations=outcome.n_permutations_done,
                 exhaustive=outcome.exhaustive, two_sided=outcome.two_sided)
-    writer.map(data.unmask(logp), data.affine, stat="logp", **meta)
+    writer.map(data.unmask(logp), data.affine, stat="logp", signed=outcome.two_sided, **meta)
     stat = np.where(np.isfinite(outcome.stat), outcome.stat, 0.0)
     stat_name = outcome.stat_type
     thresholded = np.where(surviving, stat, 0.0)
@@ -145,7 +156,8 @@ def _write_method(writer: OutputWriter, data: GroupData, contrast: Contrast, out
                       name=f"contrast-{_label(contrast.name)}_corr-{_label(method)}_nulldist.png",
                       contrast=contrast.name, correction=method, view="null")
         write_map_figures(writer, data, data.unmask(logp), -np.log10(alpha), contrast.name, "logp", method,
-                          f"{contrast.name}: -log10 FWE p ({method}, {outcome.n_permutations_done} permutations)")
+                          f"{contrast.name}: -log10 FWE p ({method}, {outcome.n_permutations_done} permutations)"
+                          + (", signed by t" if outcome.two_sided else ""), cut_coords_mm=table_peak(table))
     log.info("contrast %s, %s alpha=%g: critical value %.4g, %d voxel(s) in %d cluster(s)", contrast.name, method,
              alpha, critical, n_voxels, n_clusters)
     peak = float(stat[np.argmax(np.abs(stat))]) if stat.size else float("nan")
