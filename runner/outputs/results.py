@@ -128,7 +128,7 @@ def parametric_inference(writer: OutputWriter, data: GroupData, contrast: Contra
              params.alpha, threshold, n_surviving, n_clusters)
     if report:
         write_map_figures(writer, data, thresholded, threshold, contrast.name, "z", method,
-                          f"{contrast.name}: z, {method} alpha={params.alpha:g}")
+                          f"{contrast.name}: z, {method} alpha={params.alpha:g}", cut_coords_mm=table_peak(table))
     return {"threshold": threshold, "n_voxels": n_surviving, "n_clusters": n_clusters, "peak": peak,
             "alpha": params.alpha}
 
@@ -151,14 +151,40 @@ def ari_inference(writer: OutputWriter, data: GroupData, contrast: Contrast, res
     inside = tdp_total != 0
     z3d = data.unmask(z)
     peak_index = np.unravel_index(int(np.argmax(np.where(inside, np.abs(z3d), -1.0))), z3d.shape)
-    peak_mm = tuple(float(v) for v in (data.affine @ np.r_[peak_index, 1.0])[:3]) if inside.any() else None
-    if report:
+    if report:  # a TDP is a proportion: the colour scale ends at 1 (-1 for the negative tail), not at the map's max
         write_map_figures(writer, data, tdp_total, None, contrast.name, "tdp", "ari",
                           f"{contrast.name}: true-discovery proportion (ARI, alpha={params.alpha:g})",
-                          cut_coords_mm=peak_mm)
+                          cut_coords_mm=table_peak(table), vmax=1.0)
+    per_threshold = clusters_per_threshold(table, params.thresholds)
     return {"threshold": float(min(params.thresholds)), "n_voxels": int(np.count_nonzero(tdp_total)),
-            "n_clusters": int(len(table)), "peak": float(z3d[peak_index]) if inside.any() else 0.0,
+            "n_clusters": per_threshold[_threshold_key(min(params.thresholds))],
+            "n_clusters_per_threshold": per_threshold,
+            "peak": float(z3d[peak_index]) if inside.any() else 0.0,
             "max_tdp": float(np.max(np.abs(tdp_total))) if tdp_total.size else 0.0, "alpha": params.alpha}
+
+
+def clusters_per_threshold(table: pd.DataFrame, thresholds: list[float]) -> dict[str, int]:
+    """Number of ARI clusters (both signs) at each cluster-forming threshold, keyed by the threshold as text.
+
+    The ARI table has one row per cluster per threshold, and clusters at a higher threshold are nested in those at a
+    lower one, so the table's length counts the same blob several times.
+    """
+    counts = {_threshold_key(t): 0 for t in sorted(thresholds)}
+    for threshold, n in table.groupby("threshold").size().items():
+        counts[_threshold_key(threshold)] = int(n)
+    return counts
+
+
+def _threshold_key(threshold: float) -> str:
+    return f"{float(threshold):g}"
+
+
+def table_peak(table: pd.DataFrame) -> tuple[float, float, float] | None:
+    """The reported peak: ``x, y, z`` (mm) of a cluster table's first row (None for an empty table)."""
+    if table is None or table.empty or not {"x", "y", "z"} <= set(table.columns):
+        return None
+    first = table.iloc[0]
+    return float(first["x"]), float(first["y"]), float(first["z"])
 
 
 # -- figures -----------------------------------------------------------------------------------------------------
@@ -180,20 +206,26 @@ def _background(shape: tuple[int, ...], affine_bytes: bytes) -> np.ndarray:
 
 def write_map_figures(writer: OutputWriter, data: GroupData, volume: np.ndarray, threshold: float | None,
                       contrast: str, stat: str, correction: str | None, title: str,
-                      cut_coords_mm: tuple[float, float, float] | None = None) -> None:
-    """Orthogonal slices through the peak (or ``cut_coords_mm``), an axial montage and a glass brain of one map."""
+                      cut_coords_mm: tuple[float, float, float] | None = None, vmax: float | None = None) -> None:
+    """Orthogonal slices through ``cut_coords_mm`` (the reported peak; default the map's largest ``|value|``), an
+    axial montage and a glass brain of one map; ``vmax`` ends the colour scale (default the largest ``|value|``).
+
+    The slices figure's manifest entry records where it cuts (``cut_coords_mm``, snapped to a voxel centre).
+    """
     from runner.outputs import figures_brain
+    from runner.outputs.figures_geometry import slice_cut_coords
 
     background = background_for(data)
+    cut = slice_cut_coords(volume, data.affine, cut_coords_mm, background)
     shown = threshold if threshold is not None and np.isfinite(threshold) else None
     base = f"contrast-{_label(contrast)}_stat-{_label(stat)}" + (f"_corr-{_label(correction)}" if correction else "")
     meta = dict(contrast=contrast, stat=stat, correction=correction)
     writer.figure(figures_brain.stat_map_slices_figure(volume, data.affine, background, shown, title,
-                                                       cut_coords_mm=cut_coords_mm),
-                  name=f"{base}_slices.png", view="slices", **meta)
-    writer.figure(figures_brain.stat_map_montage_figure(volume, data.affine, background, shown, title),
+                                                       cut_coords_mm=cut, vmax=vmax),
+                  name=f"{base}_slices.png", view="slices", cut_coords_mm=[float(v) for v in cut], **meta)
+    writer.figure(figures_brain.stat_map_montage_figure(volume, data.affine, background, shown, title, vmax=vmax),
                   name=f"{base}_montage.png", view="montage", **meta)
-    writer.figure(figures_brain.glass_brain_figure(volume, data.affine, shown, title, mask=data.mask),
+    writer.figure(figures_brain.glass_brain_figure(volume, data.affine, shown, title, mask=data.mask, vmax=vmax),
                   name=f"{base}_glassbrain.png", view="glassbrain", **meta)
 
 
