@@ -14,6 +14,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -94,7 +95,9 @@ def test_documented_commands_work_when_pasted_into_bash(repository_copy):
     failures = []
     for document in DOCUMENTS:
         for command in documented_commands(document):
+            started = time.monotonic()
             problem = _check(command, copy, env)
+            print(f"{time.monotonic() - started:6.1f} s  {command.splitlines()[0][:90]}")  # shown with pytest -s
             if problem:
                 failures.append(f"{document}: {command!r}: {problem}")
     assert not failures, "\n".join(failures)
