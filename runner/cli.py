@@ -59,6 +59,13 @@ def task(cfg: DictConfig) -> dict[str, Any]:
         log.error(message)
         print(message, file=sys.stderr)
         sys.exit(stop.exit_code)
+    except Exception as error:  # a bug: in a sweep, keep its traceback in run.log and let the other jobs run
+        if not multirun:
+            raise
+        message = f"internal error (a bug; the traceback is in run.log): {type(error).__name__}: {error}"
+        log.exception(message)
+        _record_failure(run_dir, " ".join(message.split()), overrides)
+        return {"run_dir": str(run_dir), "status": "crashed", "error": message}
 
 
 def _record_failure(run_dir: Path, error: str, overrides: list[str]) -> None:
@@ -86,3 +93,8 @@ def main() -> None:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
     _hydra_main()
+    from runner import sweeps
+
+    code = sweeps.sweep_exit_code(sweeps.last_sweep_statuses)  # a sweep with a failed job must not exit 0
+    if code:
+        sys.exit(code)

@@ -53,15 +53,64 @@ def _unknown(key: str, valid: list[str], what: str = "key") -> None:
     raise RunnerError(f"unknown {what} {key} — {hint}")
 
 
+_OVERRIDE_WORD = re.compile(r"^(\+{1,2}|~)?[A-Za-z_][\w./@:-]*(=|$)")  # key=value, +key=value, ~key
+
+
+def check_shell_splitting(words: list[str]) -> None:
+    """Refuse a ``key=value`` that the shell cut at its spaces (``design.formula=age + C(sex)`` arrives as the words
+    ``design.formula=age``, ``+``, ``C(sex)``), saying how to quote it.
+
+    Every override starts with a key and ``=`` (or is a deletion ``~key``), so words that do not, after a
+    ``key=value`` word, are the rest of that value.
+    """
+    for index, word in enumerate(words):
+        if index == 0 or _is_override(word) or "=" not in words[index - 1]:
+            continue
+        end = index
+        while end < len(words) and not _is_override(words[end]):
+            end += 1
+        pasted = " ".join(words[index - 1:end])
+        raise RunnerError(f"the shell split '{pasted}' into {end - index + 1} words at its spaces; quote the whole "
+                          f"override: {_quoted(pasted)}")
+
+
+def _is_override(word: str) -> bool:
+    match = _OVERRIDE_WORD.match(word)
+    return bool(match) and (match.group(2) == "=" or word.startswith("~"))
+
+
+def _quoted(override: str) -> str:
+    """How to type an override holding spaces or parentheses in bash: double quotes around it for the shell,
+    single quotes around the value for Hydra (``"design.formula='age + C(sex)'"``)."""
+    key, _, value = override.partition("=")
+    value = value.strip()
+    if value[:1] in "'\"" and value[-1:] == value[:1] and len(value) > 1:
+        value = value[1:-1]
+    inner = f"'{value}'" if "'" not in value else '"' + value.replace('"', '\\"') + '"'
+    text = f"{key}={inner}"
+    return '"' + text.replace('"', '\\"') + '"' if "'" in inner else f"'{text}'"
+
+
+def _unquoted_value_hint(overrides: list[str]) -> str:
+    """For a value Hydra cannot parse because it holds spaces or parentheses unquoted: how to quote it."""
+    for text in overrides:
+        key, sep, value = text.partition("=")
+        if sep and value and value[0] not in "'\"[{" and re.search(r"[\s()]", value):
+            return f"; quote the value for Hydra and the whole override for the shell: {_quoted(text)}"
+    return ""
+
+
 def first_of_sweeps(overrides: list[str]) -> tuple[list[str], list[Any]]:
     """Parse overrides; replace every sweep (a=1,2) by its first value. Returns the list and the parsed overrides."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import OverrideParseException
 
+    check_shell_splitting(overrides)
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except OverrideParseException as error:
-        raise RunnerError(f"cannot parse the command line: {str(error).splitlines()[0]}") from None
+        raise RunnerError(f"cannot parse the command line: {str(error).splitlines()[0]}"
+                          + _unquoted_value_hint(overrides)) from None
     single = []
     for override, text in zip(parsed, overrides):
         if override.is_sweep_override():

@@ -53,6 +53,7 @@ class MapViews:
     threshold: float | None
     title: str
     cut_coords_mm: tuple[float, float, float] | None = None
+    vmax: float | None = None  # end of the colour scale (default: the map's largest |value|)
 
 
 @dataclass(frozen=True)
@@ -116,3 +117,11 @@ def format_number(value: Any, digits: int = 4) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(format_number(v, digits) for v in value) + "]"
     return str(value)
+
+
+def table_peak(table: pd.DataFrame | None) -> tuple[float, float, float] | None:
+    """The reported peak: ``x, y, z`` (mm) of a cluster table's first row (None for an empty table)."""
+    if table is None or table.empty or not {"x", "y", "z"} <= set(table.columns):
+        return None
+    first = table.iloc[0]
+    return float(first["x"]), float(first["y"]), float(first["z"])

@@ -86,7 +86,8 @@ def test_cli_help_lists_config_groups(tmp_path):
 
 
 def test_permutation_outputs_are_consistent_with_their_null(tmp_path):
-    """The written logp map is -log10 of the share of the written null maxima at or above each voxel's |t|."""
+    """The written logp map is -log10 of the share of the written null maxima at or above each voxel's |t|, signed
+    by t (two-sided)."""
     run_dir = tmp_path / "perm"
     run_analysis(run_dir, ["+experiment=one_sample_permutation", "report=false", "correction.maxt.n_permutations=200",
                            "correction=[maxt,clustersize]", "correction.clustersize.n_permutations=200"])
@@ -100,7 +101,7 @@ def test_permutation_outputs_are_consistent_with_their_null(tmp_path):
     t = nib.load(run_dir / "contrast-mean_stat-t_statmap.nii.gz").get_fdata()
     logp = nib.load(run_dir / "contrast-mean_stat-logp_corr-maxt_statmap.nii.gz").get_fdata()
     mask = t != 0
-    expected = -np.log10((null[None, :] >= np.abs(t[mask])[:, None] - 1e-6).mean(axis=1))
+    expected = np.sign(t[mask]) * -np.log10((null[None, :] >= np.abs(t[mask])[:, None] - 1e-6).mean(axis=1))
     np.testing.assert_allclose(logp[mask], expected, atol=1e-5)
     assert null.size == 200 and null[0] == pytest.approx(np.abs(t).max(), rel=1e-5)
     # the recorded critical value separates surviving from non-surviving voxels

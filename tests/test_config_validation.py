@@ -82,3 +82,35 @@ def test_tfce_step_refuses_other_values(tmp_path, value):
                      cwd=tmp_path)
     assert result.returncode == 2
     assert "correction.tfce.dh must be a positive number, null (max/100) or exact" in result.stderr
+
+
+@pytest.mark.parametrize("words, message", [
+    # bash splits an unquoted design.formula=age + C(sex) into three words
+    (["design.formula=age", "+", "C(sex)"], "the shell split 'design.formula=age + C(sex)' into 3 words at its "
+                                            "spaces; quote the whole override: \"design.formula='age + C(sex)'\""),
+    # design.formula='age + C(sex)' in bash reaches us without its quotes: Hydra cannot parse the parentheses
+    (["design.formula=age + C(sex)"], "quote the value for Hydra and the whole override for the shell: "
+                                      "\"design.formula='age + C(sex)'\""),
+    (["data.query=group", "==", "'patient'"], "quote the whole override: "
+                                              "\"data.query=\\\"group == 'patient'\\\"\""),
+])
+def test_an_override_cut_by_the_shell_says_how_to_quote_it(tmp_path, words, message):
+    run_dir = tmp_path / "run"
+    result = run_cli([*words, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert not run_dir.exists()
+
+
+def test_the_suggested_quoting_composes_to_the_intended_formula():
+    import shlex
+
+    from conftest import CONF
+    from runner.prevalidate import prevalidate
+
+    typed = "\"design.formula='age + C(sex)'\" data=table data.table=t.tsv"  # as printed in the message
+    settings = prevalidate(shlex.split(typed), str(CONF))  # shlex splits as bash does
+    assert settings.design.formula == "age + C(sex)"
+    typed = "\"data.query=\\\"group == 'patient'\\\"\" data=table data.table=t.tsv"
+    assert prevalidate(shlex.split(typed), str(CONF)).data.query == "group == 'patient'"

@@ -302,3 +302,14 @@ def test_vbm_values_and_age_atrophy(cache_root: Path) -> None:
     difference = density[men].mean(0) - density[~men].mean(0)
     sex_core = truth_sex > 0.5 * truth_sex.max()
     assert difference[sex_core].mean() > difference[truth_sex == 0].mean() + 0.5 * truth_sex[sex_core].mean()
+
+
+def test_demo_export_copies_a_study_and_refuses_a_non_empty_folder(tmp_path):
+    import pandas as pd
+
+    from runner.demo.__main__ import main
+
+    assert main(["localizer", str(tmp_path / "study")]) == 0
+    table = pd.read_csv(tmp_path / "study" / "table.tsv", sep="\t")
+    assert len(table) == 30 and all((tmp_path / "study" / p).is_file() for p in table["path"])
+    assert main(["localizer", str(tmp_path / "study")]) == 2  # never writes into a folder holding files

@@ -52,12 +52,80 @@ def test_failing_job_is_reported_and_others_complete(tmp_path):
     sweep = tmp_path / "sweep"
     result = run_cli(["-m", f"data.mask=null,{tmp_path / 'missing_mask.nii.gz'}", "report=false", "correction=[fpr]",
                       f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 2, result.stderr  # a sweep with a failed job does not report success
     summary = pd.read_csv(sweep / "multirun_summary.tsv", sep="\t")
     assert sorted(summary.status) == ["complete", "failed"]
     failed = summary[summary.status == "failed"].iloc[0]
     assert "missing_mask.nii.gz does not exist" in failed["error"]
     assert "\n" not in failed["error"]
+
+
+# A job that crashes (an internal error, not a RunnerError): the stage runner is replaced, in the sweep's own
+# process (the basic launcher runs jobs in-process), by one that raises for one value of the swept key.
+CRASHING_SWEEP = """
+import sys
+import runner.app
+from runner.cli import main
+
+real_run_stages = runner.app._run_stages
+
+def crash_on_fpr(settings, *args, **kwargs):
+    if "fpr" in settings.correction:
+        raise ZeroDivisionError("planted bug")
+    return real_run_stages(settings, *args, **kwargs)
+
+runner.app._run_stages = crash_on_fpr
+sys.argv = ["runner", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.slow
+def test_crashing_job_is_summarised_and_the_sweep_exits_non_zero(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    sweep = tmp_path / "sweep"
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    result = subprocess.run([sys.executable, "-c", CRASHING_SWEEP, "-m", "correction=fpr,fdr", "report=false",
+                             f"hydra.sweep.dir={sweep}"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 1, result.stderr  # 1: a bug, as for a single run that crashes
+    summary = pd.read_csv(sweep / "multirun_summary.tsv", sep="\t").set_index("override:correction")
+    assert summary.loc["fdr", "status"] == "complete"
+    assert summary.loc["fpr", "status"] == "crashed"
+    error = summary.loc["fpr", "error"]
+    assert "ZeroDivisionError" in error and "planted bug" in error and "\n" not in error
+    crashed_job = sweep / summary.loc["fpr", "job"]
+    assert json.loads((crashed_job / "manifest.json").read_text())["status"] == "failed"
+    assert "Traceback" in (crashed_job / "run.log").read_text()  # the bug's traceback is kept for the report
+
+
+@pytest.mark.slow
+def test_two_sweeps_into_one_folder_do_not_mix_rows(tmp_path):
+    sweep = tmp_path / "sweep"
+    common = ["report=false", f"hydra.sweep.dir={sweep}"]
+    first = run_cli(["-m", "correction=fpr,fdr", *common], cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert len(pd.read_csv(sweep / "multirun_summary.tsv", sep="\t")) == 2
+    second = run_cli(["-m", "correction=bonferroni", *common], cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    summary = pd.read_csv(sweep / "multirun_summary.tsv", sep="\t")
+    assert list(summary["override:correction"]) == ["bonferroni"]  # the first sweep's jobs are not this sweep's
+    assert len(_jobs(sweep)) == 3  # ... although their folders are still there
+
+
+def test_sweep_exit_code_names_the_worst_outcome():
+    from runner.sweeps import sweep_exit_code
+
+    assert sweep_exit_code(None) == 0 and sweep_exit_code([]) == 0
+    assert sweep_exit_code(["complete", "complete"]) == 0
+    assert sweep_exit_code(["complete", "failed"]) == 2
+    assert sweep_exit_code(["failed", "crashed", "complete"]) == 1
+    assert sweep_exit_code(["complete", "interrupted"]) == 1
 
 
 @pytest.mark.slow

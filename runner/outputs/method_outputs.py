@@ -33,7 +33,7 @@ def write_request(writer: OutputWriter, data: Any, contrast: str, request: Outpu
         from runner.outputs.results import write_map_figures
 
         write_map_figures(writer, data, data.unmask(request.values), request.threshold, contrast, request.stat,
-                          request.correction, request.title, cut_coords_mm=request.cut_coords_mm)
+                          request.correction, request.title, cut_coords_mm=request.cut_coords_mm, vmax=request.vmax)
     elif isinstance(request, NullFigure):
         from runner.outputs import figures
 

@@ -120,20 +120,26 @@ def _background(shape: tuple[int, ...], affine_bytes: bytes) -> np.ndarray:
 
 def write_map_figures(writer: OutputWriter, data: GroupData, volume: np.ndarray, threshold: float | None,
                       contrast: str, stat: str, correction: str | None, title: str,
-                      cut_coords_mm: tuple[float, float, float] | None = None) -> None:
-    """Orthogonal slices through the peak (or ``cut_coords_mm``), an axial montage and a glass brain of one map."""
+                      cut_coords_mm: tuple[float, float, float] | None = None, vmax: float | None = None) -> None:
+    """Orthogonal slices through ``cut_coords_mm`` (the reported peak; default the map's largest ``|value|``), an
+    axial montage and a glass brain of one map; ``vmax`` ends the colour scale (default the largest ``|value|``).
+
+    The slices figure's manifest entry records where it cuts (``cut_coords_mm``, snapped to a voxel centre).
+    """
     from runner.outputs import figures_brain
+    from runner.outputs.figures_geometry import slice_cut_coords
 
     background = background_for(data)
+    cut = slice_cut_coords(volume, data.affine, cut_coords_mm, background)
     shown = threshold if threshold is not None and np.isfinite(threshold) else None
     base = f"contrast-{_label(contrast)}_stat-{_label(stat)}" + (f"_corr-{_label(correction)}" if correction else "")
     meta = dict(contrast=contrast, stat=stat, correction=correction)
     writer.figure(figures_brain.stat_map_slices_figure(volume, data.affine, background, shown, title,
-                                                       cut_coords_mm=cut_coords_mm),
-                  name=f"{base}_slices.png", view="slices", **meta)
-    writer.figure(figures_brain.stat_map_montage_figure(volume, data.affine, background, shown, title),
+                                                       cut_coords_mm=cut, vmax=vmax),
+                  name=f"{base}_slices.png", view="slices", cut_coords_mm=[float(v) for v in cut], **meta)
+    writer.figure(figures_brain.stat_map_montage_figure(volume, data.affine, background, shown, title, vmax=vmax),
                   name=f"{base}_montage.png", view="montage", **meta)
-    writer.figure(figures_brain.glass_brain_figure(volume, data.affine, shown, title, mask=data.mask),
+    writer.figure(figures_brain.glass_brain_figure(volume, data.affine, shown, title, mask=data.mask, vmax=vmax),
                   name=f"{base}_glassbrain.png", view="glassbrain", **meta)
 
 

@@ -12,7 +12,7 @@ import pandas as pd
 from runner.checks import check, in_open_unit
 from runner.inference.methods.height import effective_two_sided
 from runner.inference.registry import ContrastInputs, InferenceMethod, register
-from runner.results import BatchResult, MapOutput, MapViews, MethodResult, TableOutput, format_number
+from runner.results import BatchResult, MapOutput, MapViews, MethodResult, TableOutput, format_number, table_peak
 
 
 @dataclass
@@ -43,21 +43,39 @@ def run_ari(inputs: ContrastInputs, params_by_method: dict[str, Any]) -> BatchRe
     inside = tdp_total != 0
     z3d = data.unmask(z)
     peak_index = np.unravel_index(int(np.argmax(np.where(inside, np.abs(z3d), -1.0))), z3d.shape)
-    peak_mm = tuple(float(v) for v in (data.affine @ np.r_[peak_index, 1.0])[:3]) if inside.any() else None
     meta = dict(alpha=params.alpha)
     outputs = [
         MapOutput(tdp, stat="tdp", correction=method, meta=dict(meta, thresholds=list(params.thresholds))),
         TableOutput(table, suffix="clusters", kind="clusters", stat="tdp", correction=method, meta=meta),
+        # a TDP is a proportion: the colour scale ends at 1 (-1 for the negative tail), not at the map's max
         MapViews(tdp, stat="tdp", correction=method, threshold=None,
                  title=f"{contrast.name}: true-discovery proportion (ARI, alpha={params.alpha:g})",
-                 cut_coords_mm=peak_mm),
+                 cut_coords_mm=table_peak(table), vmax=1.0),
     ]
     threshold = float(min(params.thresholds))
-    summary = {"threshold": threshold, "n_voxels": int(np.count_nonzero(tdp_total)), "n_clusters": int(len(table)),
+    per_threshold = clusters_per_threshold(table, params.thresholds)
+    summary = {"threshold": threshold, "n_voxels": int(np.count_nonzero(tdp_total)),
+               "n_clusters": per_threshold[_threshold_key(threshold)], "n_clusters_per_threshold": per_threshold,
                "peak": float(z3d[peak_index]) if inside.any() else 0.0,
                "max_tdp": float(np.max(np.abs(tdp_total))) if tdp_total.size else 0.0, "alpha": params.alpha,
                "threshold_text": f"z ≥ {format_number(threshold, 3)} (cluster-forming)"}
     return BatchResult({method: MethodResult(method, outputs, summary)})
+
+
+def clusters_per_threshold(table: pd.DataFrame, thresholds: list[float]) -> dict[str, int]:
+    """Number of ARI clusters (both signs) at each cluster-forming threshold, keyed by the threshold as text.
+
+    The ARI table has one row per cluster per threshold, and clusters at a higher threshold are nested in those at a
+    lower one, so the table's length counts the same blob several times.
+    """
+    counts = {_threshold_key(t): 0 for t in sorted(thresholds)}
+    for threshold, n in table.groupby("threshold").size().items():
+        counts[_threshold_key(threshold)] = int(n)
+    return counts
+
+
+def _threshold_key(threshold: float) -> str:
+    return f"{float(threshold):g}"
 
 
 register(InferenceMethod(name="ari", family="ari", schema=AriCorrection, run=run_ari,

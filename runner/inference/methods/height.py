@@ -11,7 +11,7 @@ import numpy as np
 
 from runner.checks import check, in_open_unit, non_negative
 from runner.inference.registry import ContrastInputs, InferenceMethod, register
-from runner.results import BatchResult, MapOutput, MapViews, MethodResult, TableOutput, format_number
+from runner.results import BatchResult, MapOutput, MapViews, MethodResult, TableOutput, format_number, table_peak
 
 log = logging.getLogger("runner.inference")
 
@@ -76,7 +76,7 @@ def run_height(inputs: ContrastInputs, params_by_method: dict[str, Any]) -> Batc
                   meta=dict(meta, two_sided=two_sided, cluster_threshold=params.cluster_threshold)),
         TableOutput(table, suffix="clusters", kind="clusters", stat="z", correction=method, meta=meta),
         MapViews(surviving, stat="z", correction=method, threshold=threshold,
-                 title=f"{contrast.name}: z, {method} alpha={params.alpha:g}"),
+                 title=f"{contrast.name}: z, {method} alpha={params.alpha:g}", cut_coords_mm=table_peak(table)),
     ]
     text = (f"{'|z|' if two_sided else 'z'} ≥ {format_number(threshold, 3)}" if np.isfinite(threshold)
             else "none reachable")

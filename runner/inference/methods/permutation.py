@@ -17,7 +17,7 @@ from runner.checks import check, in_open_unit, one_of, positive, tfce_step
 from runner.errors import RunnerError, did_you_mean
 from runner.inference.registry import ContrastInputs, InferenceMethod, register
 from runner.results import (BatchResult, MapOutput, MapViews, MethodResult, NullFigure, TableOutput,
-                            format_number)
+                            format_number, table_peak)
 
 log = logging.getLogger("runner.inference")
 
@@ -154,6 +154,8 @@ def _method_result(inputs: ContrastInputs, outcome: Any, method: str, params: An
 
     contrast, alpha = inputs.contrast, params.alpha
     logp = outcome.logp[method]
+    if outcome.two_sided:
+        logp = signed_logp(logp, outcome.stat)
     null = outcome.null_max[method]
     critical = critical_value(null, alpha)
     surviving = outcome.corrected_p[method] < alpha
@@ -167,14 +169,15 @@ def _method_result(inputs: ContrastInputs, outcome: Any, method: str, params: An
     n_clusters = int(table["size_voxels"].notna().sum()) if len(table) else 0
     title = f"{contrast.name}: {method} null distribution ({null.size} permutations)"
     outputs = [
-        MapOutput(logp, stat="logp", correction=method, meta=meta),
+        MapOutput(logp, stat="logp", correction=method, meta=dict(meta, signed=outcome.two_sided)),
         MapOutput(thresholded, stat=stat_name, correction=method, meta=dict(meta, threshold=critical)),
         TableOutput(pd.DataFrame({"permutation": np.arange(null.size), "max_statistic": null}), suffix="nulldist",
                     kind="table", stat=stat_name, correction=method, meta=dict(meta, threshold=critical)),
         TableOutput(table, suffix="clusters", kind="clusters", stat=stat_name, correction=method, meta=meta),
         NullFigure(null, float(null[0]) if null.size else float("nan"), critical, method, title),
         MapViews(logp, stat="logp", correction=method, threshold=-np.log10(alpha),
-                 title=f"{contrast.name}: -log10 FWE p ({method}, {outcome.n_permutations_done} permutations)"),
+                 title=f"{contrast.name}: -log10 FWE p ({method}, {outcome.n_permutations_done} permutations)"
+                 + (", signed by t" if outcome.two_sided else ""), cut_coords_mm=table_peak(table)),
     ]
     log.info("contrast %s, %s alpha=%g: critical value %.4g, %d voxel(s) in %d cluster(s)", contrast.name, method,
              alpha, critical, n_voxels, n_clusters)
@@ -182,6 +185,15 @@ def _method_result(inputs: ContrastInputs, outcome: Any, method: str, params: An
     summary = {"threshold": critical, "n_voxels": n_voxels, "n_clusters": n_clusters, "peak": peak, "alpha": alpha,
                "threshold_text": threshold_text(method, params, critical, outcome)}
     return MethodResult(method, outputs, summary)
+
+
+def signed_logp(logp: np.ndarray, stat: np.ndarray) -> np.ndarray:
+    """-log10 p carrying the sign of the statistic, for two-sided tests (FSL/PALM's signed logp convention).
+
+    A two-sided p says how unlikely the effect is, not its direction; signing it by t keeps a deactivation from
+    being drawn (and read) as an activation. Voxels without a statistic keep an unsigned value.
+    """
+    return np.where(np.asarray(stat) < 0, -np.asarray(logp), np.asarray(logp))
 
 
 def threshold_text(method: str, params: Any, critical: float, outcome: Any) -> str:
