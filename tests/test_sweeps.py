@@ -67,14 +67,14 @@ import sys
 import runner.app
 from runner.cli import main
 
-real_run_stages = runner.app._run_stages
+real_run_stages = runner.app.run_stages
 
 def crash_on_fpr(settings, *args, **kwargs):
     if "fpr" in settings.correction:
         raise ZeroDivisionError("planted bug")
     return real_run_stages(settings, *args, **kwargs)
 
-runner.app._run_stages = crash_on_fpr
+runner.app.run_stages = crash_on_fpr
 sys.argv = ["runner", *sys.argv[1:]]
 main()
 """
