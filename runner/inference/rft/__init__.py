@@ -1,0 +1,1 @@
+"""Random field theory as SPM computes it: smoothness, resel counts, EC densities, peak- and cluster-level FWE."""
