@@ -8,7 +8,8 @@ unit FWHM):
 - Gaussian:  rho_0 = 1 - Phi(u);  rho_d = a^(d/2) (2 pi)^(-(d+1)/2) He_(d-1)(u) exp(-u^2/2), He the Hermite
   polynomials 1, u, u^2 - 1.
 - t with v degrees of freedom, c = (1 + u^2/v)^(-(v-1)/2):  rho_1 = a^(1/2) / (2 pi) c;
-  rho_2 = a / (2 pi)^(3/2) Gamma((v+1)/2) / (Gamma(v/2) (v/2)^(1/2)) u c;  rho_3 = a^(3/2) / (2 pi)^2 c ((v-1) u^2/v - 1).
+  rho_2 = a / (2 pi)^(3/2) Gamma((v+1)/2) / (Gamma(v/2) (v/2)^(1/2)) u c;
+  rho_3 = a^(3/2) / (2 pi)^2 c ((v-1) u^2/v - 1).
 - F with (k, v) degrees of freedom, x = k u / v, b = (a / (2 pi)):  rho_1 = b^(1/2) sqrt(2) G(1) x^((k-1)/2) (1+x)^s;
   rho_2 = b G(2) x^((k-2)/2) (1+x)^s ((v-1) x - (k-1));
   rho_3 = b^(3/2) G(3) / sqrt(2) x^((k-3)/2) (1+x)^s ((v-1)(v-2) x^2 - (2vk - v - k - 1) x + (k-1)(k-2)),

@@ -5,9 +5,9 @@ standardised residuals r = e / sqrt(RSS / dof). Each residual map carries on ave
 so the average of their outer products over maps estimates (dof / n) Lambda and SPM scales it by n / dof (Kiebel et
 al. 1999; Hayasaka et al. 2004, NeuroImage 22:676-687, p. 678): Lambda_hat = (n / dof) mean_i grad r_i grad r_i'.
 With all n residual maps this is sum_i grad e_i grad e_i' / RSS and the dof cancels; the factor matters when only a
-subset of the maps is passed (SPM keeps at most 64), standardised by the residual variance of the full fit. A Gaussian field of FWHM w (voxels) has
-Lambda = 4 ln 2 / w^2 along each axis (Worsley et al. 1992), so each voxel's resels per voxel is
-RPV = sqrt(det Lambda_hat / (4 ln 2)^D), and the per-axis FWHM are 1 / sqrt(diag Lambda_hat / 4 ln 2), rescaled (as
+subset of the maps is passed (SPM keeps at most 64), standardised by the residual variance of the full fit.
+A Gaussian field of FWHM w (voxels) has Lambda = 4 ln 2 / w^2 along each axis (Worsley et al. 1992), so each
+voxel's resels per voxel is RPV = sqrt(det Lambda_hat / (4 ln 2)^D), and the per-axis FWHM are 1 / sqrt(diag Lambda_hat / 4 ln 2), rescaled (as
 ``spm_est_smoothness`` does) so that their product is 1 / mean(RPV), the quantity that is unbiased for the resel count.
 
 Derivatives are finite differences between in-mask neighbours: forward where the next voxel along the axis is in
