@@ -53,7 +53,7 @@ class Timings(dict):
             self[name] = round(self.get(name, 0.0) + time.perf_counter() - start, 4)
 
 
-EXECUTION_KEYS = ("overwrite", "resume", "progress", "n_jobs", "cache", "cache_dir", "hydra")
+EXECUTION_KEYS = ("overwrite", "resume", "progress", "n_jobs", "cache", "cache_dir", "cache_max_gb", "hydra")
 
 
 def config_hash(resolved: dict[str, Any]) -> str:
@@ -268,7 +268,9 @@ def load_with_progress(inputs: InputSet, settings: RunSettings, checked: Checked
 
     if not settings.cache:
         return load(), "off"
-    from runner.data.cache import cached_load
+    from runner.data.cache import cache_directory, cached_load
 
-    cache_dir = Path(settings.cache_dir) if settings.cache_dir else Path(settings.output_root) / ".cache"
-    return cached_load(inputs, settings.data, cache_dir / "data", load)
+    cache_dir = cache_directory(settings.cache_dir, settings.output_root, scratch_dir)
+    if cache_dir is None:
+        return load(), "off"
+    return cached_load(inputs, settings.data, cache_dir, load, max_bytes=int(settings.cache_max_gb * 1024**3))
