@@ -99,6 +99,25 @@ def gather_inputs(settings: RunSettings) -> InputSet:
     return inputs
 
 
+def input_files(settings: RunSettings) -> list[dict[str, str]]:
+    """The sha256 of every file the analysis reads besides the images (table, participants, mask, design matrix),
+    recorded in the manifest so that ``verify`` reports a change in one of them as a changed input."""
+    from runner.outputs.atomic import sha256_file
+
+    data = settings.data
+    table, participants = data.table, None  # as gather_inputs reads them
+    if data.glob and not data.image_4d:
+        table, participants = None, data.participants
+    elif table is None and data.demo and not data.image_4d:
+        from runner.demo.datasets import ensure_demo
+
+        table = str(ensure_demo(data.demo))
+    files = (("table", table), ("participants", participants), ("mask", data.mask),
+             ("design_matrix", settings.design.matrix))
+    return [{"role": role, "path": str(path), "sha256": sha256_file(Path(path))}
+            for role, path in files if path and Path(path).is_file()]
+
+
 def id_column(settings: RunSettings, inputs: InputSet) -> str | None:
     if settings.data.id_column:
         return settings.data.id_column
@@ -199,6 +218,7 @@ def _run_stages(settings: RunSettings, writer: OutputWriter, timings: Timings, r
         design, inputs = make_design(settings, inputs)
         contrasts = make_contrasts(settings, design)
         checked = validate_inputs(inputs, settings.data)  # every header, before any voxel is decoded
+        fields["input_files"] = input_files(settings)
     with timings.stage("load"):
         data, fields["data_cache"] = load_with_progress(inputs, settings, checked, writer.run_dir)
     fields["inputs"] = [{"path": str(ref), "sha256": data.input_sha256.get(str(ref.path))} for ref in data.inputs]
