@@ -129,7 +129,7 @@ def changed_inputs(recorded: dict[str, Any], rerun: dict[str, Any]) -> list[str]
     Images are matched by position; the other files the analysis reads (table, participants, mask, design matrix) by
     their role. A record without ``input_files`` (written before they were recorded) has only its images checked.
     """
-    before, after = recorded.get("inputs") or [], rerun.get("inputs") or []
+    before, after = _records(recorded.get("inputs")), _records(rerun.get("inputs"))
     lines = []
     if len(before) != len(after):
         lines.append(f"the analysis now reads {len(after)} input image(s), the record {len(before)}")
@@ -139,8 +139,8 @@ def changed_inputs(recorded: dict[str, Any], rerun: dict[str, Any]) -> list[str]
                          f"{_short(new.get('sha256'))} now)")
     if "input_files" not in recorded:
         return lines
-    files_before = {f.get("role"): f for f in recorded.get("input_files") or [] if isinstance(f, dict)}
-    files_after = {f.get("role"): f for f in rerun.get("input_files") or [] if isinstance(f, dict)}
+    files_before = {f.get("role"): f for f in _records(recorded.get("input_files"))}
+    files_after = {f.get("role"): f for f in _records(rerun.get("input_files"))}
     for role in dict.fromkeys([*files_before, *files_after]):
         name = str(role).replace("_", " ")
         old, new = files_before.get(role), files_after.get(role)
@@ -160,8 +160,11 @@ def check_record(run_dir: Path, recorded: dict[str, Any]) -> tuple[list[str], in
     """
     problems: list[str] = []
     checked = 0
-    for entry in recorded.get("outputs") or []:
-        path = str(entry.get("path", "")) if isinstance(entry, dict) else ""
+    listed = recorded.get("outputs")
+    if not isinstance(listed, list) or len(_records(listed)) != len(listed):
+        problems.append("manifest.json: outputs is not a list of entries")
+    for entry in _records(listed):
+        path = str(entry.get("path", ""))
         if not _plain_name(path):
             problems.append(f"{path!r}: the manifest lists a path that is not a file name of the run directory")
             continue
@@ -256,11 +259,13 @@ def rerun(run_dir: Path, into: Path, recorded: dict[str, Any]) -> dict[str, Any]
     config_path = run_dir / "config.yaml"
     if not config_path.is_file():
         raise RunnerError(f"{run_dir} has no config.yaml to re-run")
-    cwd = Path(recorded["cwd"]) if recorded.get("cwd") else None
+    cwd = Path(recorded["cwd"]) if isinstance(recorded.get("cwd"), str) and recorded["cwd"] else None
     config = absolute_input_paths(_read_config(config_path), cwd)
     config.update(cache=False, overwrite=False, resume=False, progress=False)
     settings = build_settings(config)
-    app.run(settings, into, resolved_config=config, overrides=recorded.get("overrides"))
+    overrides = recorded.get("overrides")
+    app.run(settings, into, resolved_config=config,
+            overrides=[str(o) for o in overrides] if isinstance(overrides, list) else None)
     manifest = read_manifest(into)
     if manifest is None or manifest.get("status") != "complete":
         raise RunnerError(f"the re-run into {into} did not complete")
@@ -270,13 +275,13 @@ def rerun(run_dir: Path, into: Path, recorded: dict[str, Any]) -> dict[str, Any]
 def compare_outputs(run_dir: Path, scratch: Path, recorded: dict[str, Any], fresh: dict[str, Any],
                     tolerance: float, verdict: Verdict) -> None:
     """Each listed output against the re-run's: maps and tables by value, figures by sha256."""
-    fresh_entries = {str(e.get("path")): e for e in fresh.get("outputs") or []}
-    same_versions = recorded.get("versions") == fresh.get("versions")
-    version_changes = ", ".join(f"{name} {recorded.get('versions', {}).get(name)} recorded, {now} installed"
-                                for name, now in (fresh.get("versions") or {}).items()
-                                if (recorded.get("versions") or {}).get(name) != now)
+    fresh_entries = {str(e.get("path")): e for e in _records(fresh.get("outputs"))}
+    versions = recorded.get("versions") if isinstance(recorded.get("versions"), dict) else {}
+    installed = fresh.get("versions") or {}
+    version_changes = ", ".join(f"{name} {versions.get(name)} recorded, {now} installed"
+                                for name, now in installed.items() if versions.get(name) != now)
     listed = set()
-    for entry in recorded.get("outputs") or []:
+    for entry in _records(recorded.get("outputs")):
         path, kind = str(entry.get("path", "")), entry.get("kind")
         listed.add(path)
         original = run_dir / path
@@ -290,7 +295,7 @@ def compare_outputs(run_dir: Path, scratch: Path, recorded: dict[str, Any], fres
             if actual != entry.get("sha256"):
                 continue  # reported against the record; the re-run cannot say more about a figure
             if actual != fresh_entries[path].get("sha256"):
-                if same_versions:
+                if versions == installed:
                     verdict.differences.append(f"{path}: figure differs from the re-run (may be library/font "
                                                "versions; the recorded library versions are installed)")
                 else:
@@ -319,7 +324,7 @@ def verify(run_dir: Path, tolerance: float = 0.0, keep: Path | None = None) -> V
     """
     run_dir = Path(run_dir).expanduser().resolve()
     recorded = read_manifest(run_dir)
-    if recorded is None:
+    if not isinstance(recorded, dict):
         raise RunnerError(f"{run_dir} has no readable manifest.json")
     if recorded.get("status") != "complete":
         raise RunnerError(f"{run_dir} is not a complete run (status {recorded.get('status')!r})")
@@ -344,6 +349,11 @@ def verify(run_dir: Path, tolerance: float = 0.0, keep: Path | None = None) -> V
 def _add(verdict: Verdict, path: str, problem: str | None) -> None:
     if problem:
         verdict.differences.append(f"{path}: {problem}")
+
+
+def _records(value: Any) -> list[dict[str, Any]]:
+    """The mappings of a manifest list (an edited manifest may hold anything)."""
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
 
 
 def _plain_name(path: str) -> bool:

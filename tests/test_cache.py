@@ -202,3 +202,12 @@ def test_tampered_entry_does_not_change_the_results_of_a_run(tmp_path):
     assert cached[0] == "miss" and plain[0] == "off"
     assert cached[1] == plain[1]
     np.testing.assert_array_equal(np.load(entry / "Y.npy"), Y)  # rebuilt in the table's order
+
+
+def test_cache_cap_must_be_positive():
+    from conftest import compose
+    from runner.config import build_settings
+    from runner.errors import RunnerError
+
+    with pytest.raises(RunnerError, match="cache_max_gb must be > 0"):
+        build_settings(compose(["cache_max_gb=0"]))

@@ -100,6 +100,21 @@ def test_every_sha256_zeroed_differs(recorded):
         assert any(d.startswith(f"{path}: its bytes do not match the sha256") for d in verdict.differences), path
 
 
+def test_manifest_edited_into_nonsense_is_reported_not_a_traceback(recorded):
+    def edit(manifest):
+        manifest["outputs"].append({"path": "../../outside.txt", "kind": "table", "sha256": "0" * 64})
+        manifest["outputs"].append("not an entry")
+        manifest["inputs"] = 5
+        manifest["versions"] = "?"
+
+    _edit_manifest(recorded, edit)
+    verdict = verify(recorded)
+    assert "manifest.json: outputs is not a list of entries" in verdict.differences
+    assert ("'../../outside.txt': the manifest lists a path that is not a file name of the run directory"
+            in verdict.differences)
+    assert verdict.changed_inputs[0].startswith("the analysis now reads 30 input image(s), the record 0")
+
+
 @pytest.mark.parametrize("claim", ["summary", "dof"])
 def test_changed_claim_of_the_manifest_differs(recorded, claim):
     def edit(manifest):
