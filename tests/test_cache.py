@@ -141,6 +141,19 @@ def test_least_recently_used_entries_are_evicted_to_stay_under_the_cap(inputs, t
     assert total <= cap
 
 
+def test_staging_left_by_a_killed_writer_is_removed_unless_being_written(inputs, tmp_path):
+    root = tmp_path / "cache"
+    dead, alive = "a" * 64, "b" * 64
+    for key in (dead, alive):
+        (root / key[:2] / f".tmp-{key}-x1").mkdir(parents=True)
+        (root / key[:2] / f".tmp-{key}-x1" / "Y.npy").write_bytes(b"partial")
+    with open(cache._lock_path(root / alive[:2] / alive), "a") as writer:
+        fcntl.flock(writer.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        cache.cached_load(inputs, DataConfig(), root, _load(inputs, DataConfig())[0], max_bytes=10**9)
+    assert not (root / dead[:2] / f".tmp-{dead}-x1").exists()
+    assert (root / alive[:2] / f".tmp-{alive}-x1" / "Y.npy").is_file()
+
+
 def test_entry_larger_than_the_cap_is_not_stored(inputs, tmp_path):
     settings = DataConfig()
     cache.cached_load(inputs, settings, tmp_path / "cache", _load(inputs, settings)[0], max_bytes=100)

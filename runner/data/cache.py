@@ -12,7 +12,8 @@ a signature (someone who rewrites both an array and the seal is not detected): `
 without the cache for that reason.
 
 Writers take a lock per entry (a second writer of the same entry skips storing it) and stage the entry in a
-temporary folder renamed into place, so readers never see a partial entry. The cache is capped (``cache_max_gb``):
+temporary folder renamed into place, so readers never see a partial entry (the staging folder of a writer that was
+killed is removed by a later store, once no one holds that entry's lock). The cache is capped (``cache_max_gb``):
 after each store, the least recently used entries (by the access stamp a hit touches) are evicted until the cache
 fits. An entry larger than the cap is not stored.
 
@@ -188,8 +189,10 @@ def store_entry(entry: Path, key: str, data: GroupData, max_bytes: int | None = 
 def evict(cache_dir: Path, max_bytes: int, keep: Path | None = None) -> list[Path]:
     """Remove least recently used entries until the cache holds at most ``max_bytes``; returns those removed.
 
-    ``keep`` (the entry just stored) and entries being written (locked) are never removed.
+    ``keep`` (the entry just stored) and entries being written (locked) are never removed. Staging folders that a
+    killed writer left behind (their entry is not locked) are removed first.
     """
+    _remove_leftovers(Path(cache_dir))
     entries = []
     for folder in Path(cache_dir).glob("??/*"):
         if folder.is_dir() and not folder.name.startswith("."):
@@ -214,7 +217,7 @@ def evict(cache_dir: Path, max_bytes: int, keep: Path | None = None) -> list[Pat
 
 # -- internals ---------------------------------------------------------------------------------------------------
 def _write_entry(entry: Path, key: str, data: GroupData) -> None:
-    staging = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=entry.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{key}-", dir=entry.parent))
     try:
         hashes = {"Y.npy": save_rows(staging / "Y.npy", data.Y)}  # in blocks, hashed while written
         np.save(staging / "mask.npy", np.asarray(data.mask, dtype=bool))
@@ -235,9 +238,22 @@ def _write_entry(entry: Path, key: str, data: GroupData) -> None:
 
 def _remove_entry(entry: Path) -> None:
     """Move the entry aside (one rename, so readers see it whole or not at all), then delete it."""
-    doomed = Path(tempfile.mkdtemp(prefix=TMP_PREFIX + "old-", dir=entry.parent))
+    doomed = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{entry.name}-old-", dir=entry.parent))
     os.rename(entry, doomed / entry.name)
     shutil.rmtree(doomed, ignore_errors=True)
+
+
+def _remove_leftovers(cache_dir: Path) -> None:
+    """Delete ``.tmp-<key>-*`` folders whose entry nobody is writing (a writer killed mid-way left them)."""
+    for folder in cache_dir.glob(f"??/{TMP_PREFIX}*"):
+        key = folder.name[len(TMP_PREFIX):].split("-", 1)[0]
+        if not folder.is_dir() or not key:
+            continue
+        try:
+            with _exclusive_lock(_lock_path(folder.parent / key), f"data cache entry {key[:12]}"):
+                shutil.rmtree(folder, ignore_errors=True)
+        except (RunnerError, OSError):
+            continue
 
 
 def _lock_path(entry: Path) -> Path:
