@@ -81,6 +81,7 @@ class RunSettings:
     name: str = "analysis"
     cache: bool = True
     cache_dir: Optional[str] = None
+    cache_max_gb: float = 5.0  # size cap of the data cache (least recently used entries are evicted)
 
 
 TOP_LEVEL_KEYS = {f.name for f in dataclasses.fields(RunSettings)} | {"experiment", "hydra"}
@@ -107,6 +108,7 @@ def build_settings(config: Any) -> RunSettings:
         raise RunnerError(f"n_jobs must be >= 1, got {settings.n_jobs}")
     if settings.memory_budget_gb is not None:
         positive("memory_budget_gb", settings.memory_budget_gb)
+    positive("cache_max_gb", settings.cache_max_gb)
     sources = [k for k in ("demo", "table", "glob") if getattr(data, k)]
     if data.image_4d is None and not sources:
         raise RunnerError("no input data: set data.table, data.glob, data.image_4d or data.demo")

@@ -22,7 +22,7 @@ def _jobs(sweep: Path) -> list[Path]:
 def test_two_by_two_sweep_summary_matches_each_run(tmp_path):
     sweep = tmp_path / "sweep"
     result = run_cli(["-m", "correction=fdr,bonferroni", "data.smoothing_fwhm=0,6", "report=false",
-                      f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+                      f"hydra.sweep.dir={sweep}", f"output_root={tmp_path}"], cwd=tmp_path)  # cache: under output_root
     assert result.returncode == 0, result.stderr
     jobs = _jobs(sweep)
     assert len(jobs) == 4

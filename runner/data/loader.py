@@ -16,6 +16,8 @@ than a few volumes at a time (one per thread), whatever the number of maps.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
 import os
 import tempfile
@@ -428,12 +430,22 @@ class RowWriter:
             self.path.unlink(missing_ok=True)
 
 
-def save_rows(path: Path, Y: np.ndarray, block_bytes: int = 64 * 1024**2) -> None:
-    """Write ``Y`` as a .npy file a block of rows at a time (a memory-mapped ``Y`` is never held whole)."""
+def save_rows(path: Path, Y: np.ndarray, block_bytes: int = 64 * 1024**2) -> str:
+    """Write ``Y`` as a .npy file a block of rows at a time (a memory-mapped ``Y`` is never held whole).
+
+    Returns the sha256 of the file's bytes, hashed while writing (the file is not read back).
+    """
+    digest = hashlib.sha256()
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": np.lib.format.dtype_to_descr(Y.dtype),
+                                                  "fortran_order": False, "shape": tuple(Y.shape)})
     with open(path, "wb") as handle:
-        np.lib.format.write_array_header_1_0(handle, {"descr": np.lib.format.dtype_to_descr(Y.dtype),
-                                                      "fortran_order": False, "shape": tuple(Y.shape)})
+        handle.write(header.getvalue())
+        digest.update(header.getvalue())
         rows = max(1, block_bytes // max(1, Y.shape[1] * Y.dtype.itemsize))
         for start in range(0, Y.shape[0], rows):
-            handle.write(np.ascontiguousarray(Y[start:start + rows]).tobytes())
+            block = np.ascontiguousarray(Y[start:start + rows]).tobytes()
+            handle.write(block)
+            digest.update(block)
             release_pages(Y)
+    return digest.hexdigest()
