@@ -24,7 +24,9 @@ def test_wheel_contains_configs_and_resources(tmp_path):
                      "runner/resources/mni152_brain_mask_3mm.nii.gz", "runner/resources/README.md",
                      "runner/__main__.py", "runner/execution/local.py",
                      "runner/inference/permutation/driver.py", "runner/inference/methods/height.py",
-                     "runner/space/grid.py", "runner/stages/pipeline.py"):
+                     "runner/space/grid.py", "runner/stages/pipeline.py",
+                     "runner/outputs/templates/report.html.j2", "runner/outputs/templates/sweep.html.j2",
+                     "runner/outputs/templates/_macros.html.j2", "runner/outputs/templates/report.css"):
         assert required in names, required
 
 
@@ -36,3 +38,10 @@ def test_runtime_package_never_imports_nilearn():
                 assert not any(a.name.split(".")[0] == "nilearn" for a in node.names), path
             elif isinstance(node, ast.ImportFrom):
                 assert (node.module or "").split(".")[0] != "nilearn", path
+
+
+def test_output_modules_stay_small():
+    """Writers, figures and pages stay readable: no module of runner/outputs over ~500 lines."""
+    sizes = {str(p.relative_to(REPO)): len(p.read_text(encoding="utf-8").splitlines())
+             for p in (REPO / "runner" / "outputs").rglob("*.py")}
+    assert not {path: n for path, n in sizes.items() if n > 500}

@@ -277,7 +277,8 @@ def test_slices_cut_through_the_peak_listed_first_in_the_cluster_table(complex_r
 def test_report_shows_config_inputs_design_and_contrast_weights(complex_run):
     text, page = parse(complex_run / "report.html")
     config = (complex_run / "config.yaml").read_text()
-    assert "C(group, Treatment(&#x27;control&#x27;)) + center(age) + C(sex) + fluency" in text
+    formula = "C(group, Treatment('control')) + center(age) + C(sex) + fluency"
+    assert formula in page.text_of("configuration")
     assert f"{len(config.splitlines())} lines" in page.text_of("configuration")
     inputs = page.text_of("inputs")
     table = pd.read_csv(Path(json.loads((complex_run / "manifest.json").read_text())["inputs"][0]["path"])
@@ -302,7 +303,8 @@ def test_warnings_name_dropped_rows_and_user_strings_are_escaped(dropped_row_run
     assert "29 maps" in inputs
     # The contrast name is shown as text, never as markup.
     assert "<i>age</i>" not in text
-    assert '&lt;i&gt;age&lt;/i&gt; &amp; &quot;slope&quot;' in text
+    assert '&lt;i&gt;age&lt;/i&gt; &amp; &#34;slope&#34;' in text
+    assert '<i>age</i> & "slope"' in page.text_of("results")
     assert "i" not in page.tags
 
 
@@ -330,6 +332,97 @@ def test_report_survives_missing_figures_and_minimal_inputs(complex_run, tmp_pat
     assert page_text.count("No figure was made for this correction.") == 6
     assert page_text.count("Figure file(s) missing: gone_slices.png") == 1
     assert all(e["path"] in page.tables or e["path"] in page.empty_tables for e in outputs(complex_run, "clusters"))
+
+
+def parameter_tables(text: str) -> dict[str, list[dict[str, object]]]:
+    """The configuration's per-correction parameter tables: rows of key, value, schema default, at-default mark."""
+    class Tables(HTMLParser):
+        def __init__(self):
+            super().__init__(convert_charrefs=True)
+            self.tables: dict[str, list[dict[str, object]]] = {}
+            self.method = self.row = self.cell = None
+
+        def handle_starttag(self, tag, attrs):
+            attributes = dict(attrs)
+            if tag == "table" and "data-correction" in attributes:
+                self.method = attributes["data-correction"]
+                self.tables[self.method] = []
+            elif tag == "tr" and self.method and attributes.get("class"):
+                self.row = {"cells": [], "at_default": attributes["class"] == "at-default"}
+            elif tag == "td" and self.row is not None:
+                self.cell = []
+            elif tag == "span" and self.cell is not None and attributes.get("class") == "tag":
+                self.row["tagged"] = True
+
+        def handle_endtag(self, tag):
+            if tag == "td" and self.cell is not None:
+                self.row["cells"].append(" ".join("".join(self.cell).split()))
+                self.cell = None
+            elif tag == "tr" and self.row is not None:
+                self.tables[self.method].append(self.row)
+                self.row = None
+            elif tag == "table":
+                self.method = None
+
+        def handle_data(self, data):
+            if self.cell is not None:
+                self.cell.append(data)
+
+    parser = Tables()
+    parser.feed(text)
+    return parser.tables
+
+
+def test_configuration_states_every_correction_parameter_and_marks_defaults(tmp_path):
+    """Every parameter of every configured correction, with the ones set on the command line marked as changed
+    beside their schema default (fpr's own default alpha 0.001, not the 0.05 of its parent schema)."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    from conftest import compose
+    from runner.config import build_settings
+    from runner.outputs.report import ReportPage
+
+    overrides = ["correction=[fpr,fdr,tfce]", "correction.fpr.alpha=0.05", "correction.tfce.n_permutations=50",
+                 "correction.tfce.dh=exact"]
+    config = compose(overrides)
+    resolved = OmegaConf.to_container(config, resolve=True)["correction"]
+    text = ReportPage(tmp_path, [], build_settings(config), None, None, [], {}, {}).render()
+    tables = parameter_tables(text)
+    assert list(tables) == ["fpr", "fdr", "tfce"]
+    changed = {"correction.fpr.alpha": 0.001, "correction.tfce.n_permutations": 10000, "correction.tfce.dh": None}
+    for method, values in resolved.items():
+        rows = {row["cells"][0]: row for row in tables[method]}
+        assert set(rows) == {f"correction.{method}.{key}" for key in values}, method
+        for key, value in values.items():
+            row = rows[f"correction.{method}.{key}"]
+            shown, default = row["cells"][1].removesuffix(" default"), row["cells"][2]
+            assert yaml.safe_load(shown) == value, (key, shown)
+            if row["cells"][0] in changed:
+                assert not row["at_default"] and not row.get("tagged")
+                assert yaml.safe_load(default) == changed[row["cells"][0]]
+            else:
+                assert row["at_default"] and row.get("tagged") and yaml.safe_load(default) == value, row
+    assert len(tables["tfce"]) == 12 and tables["fdr"][0]["cells"][1] == "0.05 default"
+
+
+def test_pages_read_no_clock(complex_run, tmp_path, monkeypatch):
+    """The same run renders the same page: the only time shown is the manifest's written_at."""
+    import time
+
+    from runner.outputs.report import ReportPage
+    from runner.outputs.sweep_report import render_sweep_report
+
+    manifest = json.loads((complex_run / "manifest.json").read_text())
+    monkeypatch.setattr(time, "strftime", lambda *args, **kwargs: "CLOCK READ")
+    pages = [ReportPage(complex_run, [], None, None, None, [], {}, manifest["summary"]).render() for _ in range(2)]
+    assert pages[0] == pages[1] and "CLOCK READ" not in pages[0]
+    assert re.findall(r"\d{4}-\d\d-\d\d[ T][\d:+-]+", pages[0]) == [manifest["written_at"].replace("T", " ")]
+    empty = ReportPage(tmp_path, [], None, None, None, [], {}, {}).render()  # no manifest: no time at all
+    assert re.search(r"\d{4}-\d\d-\d\d", empty) is None and "CLOCK READ" not in empty
+    frame = pd.DataFrame({"job": ["a"], "status": ["complete"], "override:alpha": ["0.05"]})
+    sweep = render_sweep_report(tmp_path, frame)
+    assert re.search(r"\d{4}-\d\d-\d\d", sweep) is None and "CLOCK READ" not in sweep
 
 
 # -- the sweep page ----------------------------------------------------------------------------------------------
