@@ -134,17 +134,21 @@ def test_user_tmp_files_in_an_own_run_folder_survive_reruns(study):
 
 
 @pytest.mark.parametrize("run_dir", [".", "''"])
-def test_the_working_directory_is_refused(run_dir, study, tmp_path):
-    """hydra.run.dir=. (or '') in a project root: refused, and nothing there changes (subprocess, as typed)."""
+def test_the_working_directory_is_refused(run_dir, study, tmp_path, capsys, monkeypatch):
+    """hydra.run.dir=. (or '') in a project root: refused, and nothing there changes (`.` in a subprocess, as
+    typed; `''` in-process, the study's folder being the working directory)."""
     (tmp_path / "code" / "deep").mkdir(parents=True)
     (tmp_path / "code" / "deep" / ".tmp-scratch.py").write_text("x = 1\n")
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / ".tmp-upload.part").write_bytes(b"\x00" * 10)
     before = snapshot(tmp_path)
     overrides = [o for o in study.overrides() if not o.startswith("hydra.run.dir")]
-    result = run_cli([*overrides, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
-    assert result.returncode == 2
-    assert "is the working directory" in one_error_line(result.stderr)
+    if run_dir == ".":
+        result = run_cli([*overrides, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+        code, err = result.returncode, result.stderr
+    else:
+        code, _, err = run_cli_inprocess([*overrides, f"hydra.run.dir={run_dir}"], capsys, monkeypatch)
+    assert code == 2 and "is the working directory" in one_error_line(err)
     assert snapshot(tmp_path) == before
 
 
@@ -198,6 +202,7 @@ def test_an_own_run_folder_holding_an_input_image_is_refused_before_its_record_i
 
 
 # -- 5: one writer at a time ----------------------------------------------------------------------------------------
+@pytest.mark.slow  # a second Python process
 def test_two_runs_into_one_folder_one_runs_the_other_is_refused_naming_it(study, tmp_path):
     release = tmp_path / "release"
     first = start_held_run(study.overrides("cache=false"), study.root, release)
@@ -216,6 +221,7 @@ def test_two_runs_into_one_folder_one_runs_the_other_is_refused_naming_it(study,
     assert not any(e.get("correction") == "fdr" for e in manifest["outputs"])
 
 
+@pytest.mark.slow  # a second Python process
 def test_a_lock_left_by_a_killed_run_is_taken_over(study, tmp_path, caplog):
     process = start_held_run(study.overrides("cache=false"), study.root, tmp_path / "never")
     wait_until_fitting(process, study.run_dir)
@@ -255,6 +261,7 @@ def test_overwrite_with_a_typo_in_a_contrast_leaves_the_complete_run_byte_identi
     assert snapshot(study.run_dir) == before
 
 
+@pytest.mark.slow  # a second Python process
 def test_sigterm_during_an_overwrite_leaves_the_complete_run_intact(study, tmp_path):
     analysis(study, "cache=false")
     before = snapshot(study.run_dir)
