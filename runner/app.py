@@ -195,7 +195,7 @@ def _transaction(folder: rundir.RunFolder, settings: RunSettings, resolved_confi
         with rundir.run_log(staging / rundir.LOG_NAME):
             if rerun_reason:
                 log.info("resume: re-running, because %s since the complete run", rerun_reason)
-            writer = OutputWriter(staging)  # scratch files of the loader go here too (writer.run_dir)
+            writer = OutputWriter(staging, folder.run_dir)  # the loader's scratch goes here too (writer.run_dir)
             writer.finalize("running", **fields)
             try:
                 with interruptible():  # SIGTERM/SIGINT -> Interrupted: the attempt is settled below

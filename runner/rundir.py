@@ -260,7 +260,11 @@ class RunFolder:
         staged = read_own_manifest(self.staging)
         if staged is None:
             raise RuntimeError(f"no manifest in {self.staging} to commit")
-        names = [n for n in record_names(staged) if n != MANIFEST_NAME and (self.staging / n).is_file()]
+        names = [n for n in record_names(staged)
+                 if n != MANIFEST_NAME and (n != LOG_NAME or (self.staging / n).is_file())]
+        missing = [n for n in names if not (self.staging / n).is_file()]
+        if missing:  # a record must never list a file it does not have
+            raise RuntimeError(f"the staged record lists {missing[0]}, which is not in {self.staging}")
         previous = [n for n in self.journal.names() if n != STAGING_NAME]
         self.journal.add(*names, MANIFEST_NAME)
         if MANIFEST_NAME in previous:
@@ -283,7 +287,8 @@ class RunFolder:
     def settle_failure(self) -> None:
         """After a run failed: keep a complete record untouched (drop the attempt), otherwise commit the attempt's
         failed/interrupted record so the folder says what happened."""
-        if self.holds_complete_run or read_own_manifest(self.staging) is None:
+        staged = read_own_manifest(self.staging)
+        if self.holds_complete_run or not staged or staged.get("status") not in ("failed", "interrupted"):
             self.discard()
         else:
             self.commit()

@@ -373,3 +373,10 @@ def test_the_memory_mapped_scratch_lives_in_the_staging_folder(study, monkeypatc
     assert any(f is not None for f in folders)
     assert "memory-mapped" in (study.run_dir / "run.log").read_text()
     assert_record_matches_files(study.run_dir)
+
+
+def test_the_report_names_the_run_folder_not_the_staging_folder(study):
+    analysis(study, "report=true")
+    page = (study.run_dir / "report.html").read_text()
+    assert f"<code>{study.run_dir}</code>" in page and STAGING not in page
+    assert_record_matches_files(study.run_dir)

@@ -81,7 +81,7 @@ def write_report(writer: OutputWriter, settings: Any, data: Any, design: Any, co
         ``{"contrasts": {name: {method: {threshold, n_voxels, n_clusters, peak, alpha, ...}}}}``.
     """
     page = ReportPage(writer.run_dir, list(writer.entries), settings, data, design, list(contrasts), fields,
-                      summary).render()
+                      summary, shown_dir=writer.published_dir).render()
     writer.text(page, name=REPORT_NAME, kind="report")
 
 
@@ -90,8 +90,10 @@ class ReportPage:
     """Builds the HTML of one report; every string that comes from the user or a file goes through ``esc``."""
 
     def __init__(self, run_dir: Path, entries: list[OutputEntry], settings: Any, data: Any, design: Any,
-                 contrasts: list[Any], fields: dict[str, Any], summary: dict[str, Any]) -> None:
-        self.run_dir = Path(run_dir)
+                 contrasts: list[Any], fields: dict[str, Any], summary: dict[str, Any],
+                 shown_dir: Path | None = None) -> None:
+        self.run_dir = Path(run_dir)  # where the files are read now (the staging folder while the run is on)
+        self.shown_dir = Path(shown_dir or run_dir)  # where the reader finds them
         self.entries = entries
         self.settings = settings
         self.data = data
@@ -133,7 +135,7 @@ class ReportPage:
                 + "\n".join(body) + "\n</main>\n</body>\n</html>\n")
 
     def analysis_name(self) -> str:
-        return str(getattr(self.settings, "name", "") or self.run_dir.name)
+        return str(getattr(self.settings, "name", "") or self.shown_dir.name)
 
     def header(self) -> str:
         n_maps = getattr(self.data, "n_maps", self.fields.get("n_maps"))
@@ -146,7 +148,7 @@ class ReportPage:
         return (f'<header><p class="kicker">Second-level analysis report</p>'
                 f"<h1>{esc(self.analysis_name())}</h1>"
                 f'<p class="facts">{" · ".join(esc(f) for f in facts)}</p>'
-                f'<p class="muted">Run directory <code>{esc(self.run_dir)}</code> · written {esc(written)}</p>'
+                f'<p class="muted">Run directory <code>{esc(self.shown_dir)}</code> · written {esc(written)}</p>'
                 "</header>")
 
     def table_of_contents(self, sections: list[tuple[str, str, str]], other: bool) -> str:

@@ -58,9 +58,10 @@ class OutputWriter:
     dropped, so the writer keeps no journal of its own and its temporaries need no clean-up by pattern.
     """
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, published_dir: Path | None = None) -> None:
         self.run_dir = Path(run_dir).resolve()
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.published_dir = Path(published_dir).resolve() if published_dir else self.run_dir  # where they end up
         self.entries: list[OutputEntry] = []
 
     # -- paths -----------------------------------------------------------------------------------------------
