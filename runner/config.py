@@ -12,43 +12,12 @@ import math
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, List, Optional, Union
+from typing import Any, Optional, Union
 
+from runner.checks import check, non_negative, one_of, positive
 from runner.errors import RunnerError, closest, did_you_mean
 
 SUBJECT_PATTERN = r"sub-([A-Za-z0-9]+)"
-
-
-def _in_open_unit(name: str, value: float) -> None:
-    if not 0.0 < value < 1.0:
-        raise RunnerError(f"{name} must be in (0, 1), got {value:g}")
-
-
-def _positive(name: str, value: float) -> None:
-    if not value > 0:
-        raise RunnerError(f"{name} must be > 0, got {value:g}")
-
-
-def _non_negative(name: str, value: float) -> None:
-    if not value >= 0:
-        raise RunnerError(f"{name} must be >= 0, got {value:g}")
-
-
-def _one_of(*allowed: Any):
-    def check(name: str, value: Any) -> None:
-        if value not in allowed:
-            raise RunnerError(f"{name} must be one of {', '.join(map(str, allowed))}, got {value!r}")
-    return check
-
-
-def _tfce_step(name: str, value: Any) -> None:
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not (value == "exact" or (number and math.isfinite(value) and value > 0)):
-        raise RunnerError(f"{name} must be a positive number, null (max/100) or exact, got {value!r}")
-
-
-def _check(fn) -> dict[str, Any]:
-    return {"check": fn}
 
 
 # -- groups ------------------------------------------------------------------------------------------------------
@@ -67,12 +36,12 @@ class DataConfig:
     query: Optional[str] = None  # pandas query selecting rows
     id_column: Optional[str] = None  # column naming rows in messages (default: participant_id or subject)
     mask: Optional[str] = None  # explicit mask file; else an automatic mask
-    mask_strategy: str = field(default="nonzero", metadata=_check(_one_of("nonzero", "absolute", "relative")))
-    mask_threshold: float = field(default=0.0, metadata=_check(_non_negative))
-    smoothing_fwhm: Optional[float] = field(default=None, metadata=_check(_non_negative))
+    mask_strategy: str = field(default="nonzero", metadata=check(one_of("nonzero", "absolute", "relative")))
+    mask_threshold: float = field(default=0.0, metadata=check(non_negative))
+    smoothing_fwhm: Optional[float] = field(default=None, metadata=check(non_negative))
     resample: bool = True
-    nan_policy: str = field(default="exclude", metadata=_check(_one_of("exclude", "error")))
-    dtype: str = field(default="float64", metadata=_check(_one_of("float64", "float32")))
+    nan_policy: str = field(default="exclude", metadata=check(one_of("exclude", "error")))
+    dtype: str = field(default="float64", metadata=check(one_of("float64", "float32")))
 
 
 @dataclass
@@ -90,99 +59,7 @@ class ContrastConfig:
 
     name: str = ""
     expr: Any = None
-    type: Optional[str] = field(default=None, metadata=_check(_one_of(None, "t", "F")))
-
-
-@dataclass
-class HeightCorrection:
-    """Parametric voxel-wise threshold with optional cluster-extent filter (nilearn's threshold_stats_img)."""
-
-    alpha: float = field(default=0.05, metadata=_check(_in_open_unit))
-    cluster_threshold: int = field(default=0, metadata=_check(_non_negative))
-    two_sided: bool = True
-
-
-@dataclass
-class FprCorrection(HeightCorrection):
-    alpha: float = field(default=0.001, metadata=_check(_in_open_unit))
-
-
-@dataclass
-class FdrCorrection(HeightCorrection):
-    pass
-
-
-@dataclass
-class BonferroniCorrection(HeightCorrection):
-    pass
-
-
-@dataclass
-class PermutationCorrection:
-    """Permutation / sign-flip FWE inference (randomise/PALM style)."""
-
-    alpha: float = field(default=0.05, metadata=_check(_in_open_unit))
-    n_permutations: int = field(default=10000, metadata=_check(_positive))
-    seed: Optional[int] = None  # default: the run's seed
-    two_sided: bool = True
-    method: str = field(default="freedman_lane", metadata=_check(_one_of("freedman_lane", "ter_braak", "manly")))
-    exchangeability_blocks: Optional[str] = None  # table column
-    whole_block: bool = False
-    n_jobs: Optional[int] = None  # default: the run's n_jobs
-
-
-@dataclass
-class MaxTCorrection(PermutationCorrection):
-    pass
-
-
-@dataclass
-class ClusterCorrection(PermutationCorrection):
-    cluster_forming_p: float = field(default=0.001, metadata=_check(_in_open_unit))
-    connectivity: int = field(default=26, metadata=_check(_one_of(6, 18, 26)))
-
-
-@dataclass
-class ClusterSizeCorrection(ClusterCorrection):
-    pass
-
-
-@dataclass
-class ClusterMassCorrection(ClusterCorrection):
-    pass
-
-
-@dataclass
-class TfceCorrection(PermutationCorrection):
-    E: float = field(default=0.5, metadata=_check(_positive))
-    H: float = field(default=2.0, metadata=_check(_positive))
-    # threshold step: a positive number, None for max/100 per map, or "exact" for the continuous integral (Any so
-    # that Hydra keeps a number a number and "exact" a string; checked by _tfce_step)
-    dh: Any = field(default=None, metadata=_check(_tfce_step))
-    connectivity: int = field(default=26, metadata=_check(_one_of(6, 18, 26)))
-
-
-@dataclass
-class AriCorrection:
-    """All-Resolutions Inference: lower bound of the true-discovery proportion per cluster."""
-
-    alpha: float = field(default=0.05, metadata=_check(_in_open_unit))
-    thresholds: List[float] = field(default_factory=lambda: [3.0])
-    two_sided: bool = False
-
-
-CORRECTIONS: dict[str, type] = {
-    "fpr": FprCorrection,
-    "fdr": FdrCorrection,
-    "bonferroni": BonferroniCorrection,
-    "maxt": MaxTCorrection,
-    "clustersize": ClusterSizeCorrection,
-    "clustermass": ClusterMassCorrection,
-    "tfce": TfceCorrection,
-    "ari": AriCorrection,
-}
-PARAMETRIC = ("fpr", "fdr", "bonferroni")
-PERMUTATION = ("maxt", "clustersize", "clustermass", "tfce")
+    type: Optional[str] = field(default=None, metadata=check(one_of(None, "t", "F")))
 
 
 @dataclass
@@ -229,7 +106,7 @@ def build_settings(config: Any) -> RunSettings:
     if settings.n_jobs < 1:
         raise RunnerError(f"n_jobs must be >= 1, got {settings.n_jobs}")
     if settings.memory_budget_gb is not None:
-        _positive("memory_budget_gb", settings.memory_budget_gb)
+        positive("memory_budget_gb", settings.memory_budget_gb)
     sources = [k for k in ("demo", "table", "glob") if getattr(data, k)]
     if data.image_4d is None and not sources:
         raise RunnerError("no input data: set data.table, data.glob, data.image_4d or data.demo")
@@ -249,9 +126,9 @@ def convert(cls: type, mapping: Any, prefix: str) -> Any:
     for key, value in mapping.items():
         name = f"{prefix}.{key}" if prefix else key
         value = _coerce(name, value, types_[key])
-        check = fields[key].metadata.get("check")
-        if check is not None and value is not None:
-            check(name, value)
+        range_check = fields[key].metadata.get("check")
+        if range_check is not None and value is not None:
+            range_check(name, value)
         values[key] = value
     return cls(**values)
 
@@ -337,6 +214,13 @@ def _contrasts(value: Any) -> list[ContrastConfig]:
     return out
 
 
+def correction_schemas() -> dict[str, type]:
+    """Parameter schema of every correction method, from the registry of inference methods."""
+    from runner.inference.registry import schemas
+
+    return schemas()
+
+
 def _corrections(value: Any) -> dict[str, Any]:
     if value is None:
         return {}
@@ -344,11 +228,12 @@ def _corrections(value: Any) -> dict[str, Any]:
         value = {value: {}}
     if isinstance(value, list):
         value = {str(v): {} for v in value}
+    known = correction_schemas()
     if not isinstance(value, dict):
-        raise RunnerError(f"correction must name methods ({', '.join(CORRECTIONS)}), got {value!r}")
+        raise RunnerError(f"correction must name methods ({', '.join(known)}), got {value!r}")
     out = {}
     for method, params in value.items():
-        if method not in CORRECTIONS:
-            raise RunnerError(f"unknown correction {method!r}; {did_you_mean(str(method), CORRECTIONS)}")
-        out[method] = convert(CORRECTIONS[method], params or {}, f"correction.{method}")
+        if method not in known:
+            raise RunnerError(f"unknown correction {method!r}; {did_you_mean(str(method), known)}")
+        out[method] = convert(known[method], params or {}, f"correction.{method}")
     return out

@@ -27,17 +27,36 @@ def register_schemas() -> None:
     """Register one schema per config-group option in Hydra's ConfigStore (idempotent).
 
     The YAML options extend these (``defaults: [/schema/<group>@_here_]``), so Hydra types every value and refuses keys the
-    schema does not have; the ranges are checked afterwards by :func:`runner.config.build_settings`.
+    schema does not have; the ranges are checked afterwards by :func:`runner.config.build_settings`. Every method of
+    the registry of inference methods is also an option of the ``correction`` group, so a method needs no YAML file.
     """
     from hydra.core.config_store import ConfigStore
 
-    from runner.config import CORRECTIONS, DataConfig, DesignConfig
+    from runner.config import DataConfig, DesignConfig, correction_schemas
 
     store = ConfigStore.instance()
     store.store(group="schema", name="data", node=DataConfig)
     store.store(group="schema", name="design", node=DesignConfig)
-    for method, schema in CORRECTIONS.items():
+    with_yaml = yaml_options("correction")
+    for method, schema in correction_schemas().items():
         store.store(group="schema/correction", name=method, node={method: schema})
+        if method not in with_yaml:  # the option itself, for a method without a YAML file in conf/correction
+            store.store(group="correction", name=method, node={method: schema})
+
+
+def yaml_options(group: str) -> set[str]:
+    """Names of the YAML options of a config group shipped with the runner (source checkout or installed)."""
+    from importlib import resources
+    from pathlib import Path
+
+    source = Path(__file__).resolve().parent.parent / "conf" / group
+    if source.is_dir():
+        return {p.stem for p in source.glob("*.yaml")}
+    try:
+        folder = resources.files("runner.conf").joinpath(group)
+        return {Path(item.name).stem for item in folder.iterdir() if item.name.endswith(".yaml")}
+    except (ModuleNotFoundError, FileNotFoundError, NotADirectoryError):
+        return set()
 
 
 def register() -> None:

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from runner.config import CORRECTIONS, DataConfig, DesignConfig, RunSettings, build_settings
+from runner.config import DataConfig, DesignConfig, RunSettings, build_settings, correction_schemas
 from runner.errors import RunnerError, closest
 
 GROUP_SCHEMAS: dict[str, Any] = {"data": DataConfig, "design": DesignConfig}
@@ -36,10 +36,11 @@ def check_key(key: str) -> None:
             _unknown(key, [f"{head}.{f}" for f in fields])
     elif head == "correction":
         method = parts[1]
-        if method not in CORRECTIONS:
-            _unknown(key, [f"correction.{m}" for m in CORRECTIONS], what="correction")
+        known = correction_schemas()
+        if method not in known:
+            _unknown(key, [f"correction.{m}" for m in known], what="correction")
         if len(parts) > 2:
-            fields = _FIELDS(CORRECTIONS[method])
+            fields = _FIELDS(known[method])
             if parts[2] not in fields:
                 _unknown(key, [f"correction.{method}.{f}" for f in fields])
     else:

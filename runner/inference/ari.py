@@ -13,12 +13,13 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-from nibabel.affines import apply_affine
 from scipy.stats import norm
 
 from runner.errors import RunnerError
-from runner.inference.clusters import DEFAULT_CONNECTIVITY, label, label_maxima, voxel_volume
 from runner.inference.parametric import check_alpha, finite_values
+from runner.space import GridSpace, Space
+from runner.space.defaults import PARAMETRIC_CONNECTIVITY as DEFAULT_CONNECTIVITY
+from runner.space.table import cluster_table, empty_cluster_table
 
 DEFAULT_THRESHOLDS = (3.0,)
 
@@ -118,6 +119,82 @@ def _check_thresholds(thresholds: float | Sequence[float]) -> list[float]:
     return sorted(checked)
 
 
+def cluster_tdp_in_space(
+    space: Space,
+    z: np.ndarray,
+    thresholds: float | Sequence[float] = DEFAULT_THRESHOLDS,
+    alpha: float = 0.05,
+) -> tuple[np.ndarray, pd.DataFrame]:
+    """TDP lower bound of every positive cluster of a z vector on a space, at one or several thresholds.
+
+    p-values are one-sided, ``norm.sf(z)``, over all in-mask elements (negative z included) and give one
+    Hommel value. Clusters are ``z > threshold`` (strict). Thresholds are processed in increasing order and
+    each writes its clusters' bounds into the map, so an element shows the bound of the smallest cluster
+    (highest threshold) containing it, as nilearn's ``cluster_level_inference``.
+
+    Parameters
+    ----------
+    space : Space
+        Grid or mesh; its neighbour graph defines clusters.
+    z : np.ndarray
+        (V,) z values; non-finite values count as 0.
+    thresholds : float or sequence of float
+        Cluster-forming thresholds on the z scale, >= 0.
+    alpha : float
+        Level: with probability ``1 - alpha`` all reported bounds hold.
+
+    Returns
+    -------
+    tdp : np.ndarray
+        (V,) TDP bounds, 0 outside clusters.
+    table : pandas.DataFrame
+        One row per cluster per threshold, thresholds increasing and clusters by decreasing peak (the largest z,
+        lowest element index among ties): ``threshold, cluster_id`` (int, from 1 at each threshold), size
+        (``size_voxels`` / ``size_vertices``), ``tdp, true_discoveries, peak_stat``, the space's index columns,
+        ``x, y, z`` and the measure (``size_mm3`` / ``area_mm2``): the schema of :mod:`runner.space.table`
+        with ARI's columns first.
+    """
+    alpha = check_alpha(alpha)
+    thresholds = _check_thresholds(thresholds)
+    if space.n_elements == 0:
+        raise RunnerError("ARI: the mask is empty")
+    z = finite_values(np.asarray(z, dtype=np.float64))
+    p = norm.sf(z)
+    hommel = hommel_value(p, alpha)
+    size_column, measure_column = space.size_columns
+    columns = ["threshold", "cluster_id", size_column, "tdp", "true_discoveries", "peak_stat",
+               *space.index_columns, "x", "y", "z", measure_column]
+
+    tdp_values = np.zeros(space.n_elements)
+    tables: list[pd.DataFrame] = []
+    for threshold in thresholds:
+        labels, n_clusters = space.label(z > threshold)
+        if n_clusters == 0:
+            continue
+        in_cluster = labels > 0
+        cluster_of_element = labels[in_cluster]
+        order = np.argsort(cluster_of_element, kind="stable")
+        sizes = np.bincount(cluster_of_element, minlength=n_clusters + 1)[1:]
+        p_by_cluster = np.split(p[in_cluster][order], np.cumsum(sizes)[:-1])
+        discoveries = np.array([true_discoveries(values, hommel, alpha) for values in p_by_cluster])
+        tdp = discoveries / sizes
+        tdp_values[in_cluster] = tdp[cluster_of_element - 1]
+        table = cluster_table(space, z, labels, n_clusters, subpeaks=False,
+                              extra={"tdp": tdp, "true_discoveries": discoveries})
+        tables.append(table.assign(threshold=threshold))
+    if tables:
+        table = pd.concat(tables, ignore_index=True)[columns]
+    else:
+        table = empty_cluster_table(space).assign(threshold=np.float64(), tdp=np.float64(),
+                                                  true_discoveries=np.int64())[columns]
+    for column in ("cluster_id", size_column, "true_discoveries", *space.index_columns):
+        if column != "hemi":
+            table[column] = table[column].astype(np.int64)
+    for column in ("threshold", "tdp", "peak_stat"):
+        table[column] = table[column].astype(np.float64)
+    return tdp_values, table
+
+
 def cluster_tdp(
     z3d: np.ndarray,
     mask3d: np.ndarray,
@@ -126,12 +203,7 @@ def cluster_tdp(
     connectivity: int = DEFAULT_CONNECTIVITY,
     affine: np.ndarray | None = None,
 ) -> tuple[np.ndarray, pd.DataFrame]:
-    """TDP lower bound of every positive cluster of a z map, at one or several cluster-forming thresholds.
-
-    p-values are one-sided, ``norm.sf(z)``, over all in-mask voxels (negative z included) and give one
-    Hommel value. Clusters are ``z > threshold`` (strict) within the mask. Thresholds are processed in
-    increasing order and each writes its clusters' bounds into the map, so a voxel shows the bound of the
-    smallest cluster (highest threshold) containing it, as nilearn's ``cluster_level_inference``.
+    """:func:`cluster_tdp_in_space` on a 3D z map and its mask.
 
     Parameters
     ----------
@@ -139,74 +211,27 @@ def cluster_tdp(
         3D z map; non-finite values count as 0.
     mask3d : np.ndarray
         3D mask of the same shape.
-    thresholds : float or sequence of float
-        Cluster-forming thresholds on the z scale, >= 0.
-    alpha : float
-        Level: with probability ``1 - alpha`` all reported bounds hold.
+    thresholds, alpha
+        See :func:`cluster_tdp_in_space`.
     connectivity : {6, 18, 26}
         Neighbourhood defining clusters; nilearn uses 6.
     affine : np.ndarray or None
-        4x4 affine; when given the table also has ``x, y, z`` (mm) and ``size_mm3``.
+        4x4 affine; without one the table has no ``x, y, z`` and ``size_mm3``.
 
     Returns
     -------
     tdp3d : np.ndarray
         float64 map of TDP bounds, 0 outside clusters and outside the mask.
     table : pandas.DataFrame
-        One row per cluster per threshold, thresholds increasing and clusters by decreasing peak:
-        ``threshold, cluster_id`` (int, from 1 at each threshold), ``size_voxels, tdp, true_discoveries,
-        peak_stat, i, j, k`` and, with an affine, ``x, y, z, size_mm3``.
+        ``threshold, cluster_id, size_voxels, tdp, true_discoveries, peak_stat, i, j, k`` and, with an affine,
+        ``x, y, z, size_mm3``.
     """
-    alpha = check_alpha(alpha)
-    thresholds = _check_thresholds(thresholds)
     z3d = np.asarray(z3d, dtype=np.float64)
     mask = np.asarray(mask3d) != 0
     if z3d.ndim != 3 or mask.shape != z3d.shape:
         raise RunnerError(f"ARI needs a 3D z map and a mask of the same shape, got {z3d.shape} and {mask.shape}")
-    if not mask.any():
-        raise RunnerError("ARI: the mask is empty")
-    z_map = np.zeros(z3d.shape)
-    z_map[mask] = finite_values(z3d[mask])
-    p_map = norm.sf(z_map)
-    hommel = hommel_value(p_map[mask], alpha)
-
-    tdp_map = np.zeros(z3d.shape)
-    rows: list[dict] = []
-    for threshold in thresholds:
-        labels, n_clusters = label(z_map > threshold, connectivity)
-        if n_clusters == 0:
-            continue
-        in_cluster = labels > 0
-        cluster_of_voxel = labels[in_cluster]
-        order = np.argsort(cluster_of_voxel, kind="stable")
-        sizes = np.bincount(cluster_of_voxel, minlength=n_clusters + 1)[1:]
-        p_by_cluster = np.split(p_map[in_cluster][order], np.cumsum(sizes)[:-1])
-        discoveries = np.array([true_discoveries(p, hommel, alpha) for p in p_by_cluster])
-        tdp = discoveries / sizes
-        tdp_map[in_cluster] = tdp[cluster_of_voxel - 1]
-
-        peak_stats, flat_peaks = label_maxima(z_map, labels, n_clusters)
-        peak_ijk = np.column_stack(np.unravel_index(flat_peaks, labels.shape)).astype(int).reshape(-1, 3)
-        for rank, cluster in enumerate(np.argsort(-peak_stats, kind="stable")):
-            rows.append({
-                "threshold": threshold,
-                "cluster_id": rank + 1,
-                "size_voxels": int(sizes[cluster]),
-                "tdp": float(tdp[cluster]),
-                "true_discoveries": int(discoveries[cluster]),
-                "peak_stat": float(peak_stats[cluster]),
-                "i": int(peak_ijk[cluster, 0]),
-                "j": int(peak_ijk[cluster, 1]),
-                "k": int(peak_ijk[cluster, 2]),
-            })
-    columns = ["threshold", "cluster_id", "size_voxels", "tdp", "true_discoveries", "peak_stat", "i", "j", "k"]
-    table = pd.DataFrame(rows, columns=columns)
-    for column in ("cluster_id", "size_voxels", "true_discoveries", "i", "j", "k"):
-        table[column] = table[column].astype(np.int64)
-    for column in ("threshold", "tdp", "peak_stat"):
-        table[column] = table[column].astype(np.float64)
-    if affine is not None:
-        xyz = apply_affine(np.asarray(affine, dtype=np.float64), table[["i", "j", "k"]].to_numpy())
-        table["x"], table["y"], table["z"] = xyz[:, 0], xyz[:, 1], xyz[:, 2]
-        table["size_mm3"] = table["size_voxels"] * voxel_volume(affine)
-    return tdp_map, table
+    space = GridSpace(mask, np.eye(4) if affine is None else affine, connectivity)
+    tdp, table = cluster_tdp_in_space(space, z3d[mask], thresholds, alpha)
+    if affine is None:
+        table = table.drop(columns=["x", "y", "z", "size_mm3"])
+    return space.to_volume(tdp), table

@@ -1,11 +1,13 @@
-"""Threshold-free cluster enhancement (TFCE) and connected components on the in-mask voxel graph.
+"""Threshold-free cluster enhancement (TFCE) and connected components on the neighbour graph of a grid or mesh.
 
 TFCE (Smith & Nichols 2009) replaces each voxel's statistic ``s`` by an integral over cluster-forming thresholds,
 
     TFCE(v) = integral_0^{s(v)} e_h(v)^E h^H dh
 
 where ``e_h(v)`` is the number of voxels in the cluster that contains ``v`` when the map is thresholded at ``h``
-(voxels with ``s >= h``). Two ways of evaluating it are offered:
+(voxels with ``s >= h``); on a surface it is usually the cluster's area, the summed vertex areas
+(``area_weighted=True``, with E = 1 and H = 2). Any :class:`runner.space.Space` (a voxel grid or a mesh) or a
+:class:`runner.space.VoxelGraph` gives the neighbours. Two ways of evaluating it are offered:
 
 - stepped (the default, as PALM, FSL and nilearn): the sum over thresholds ``k dh`` (k >= 1, ``k dh <= s(v)``) of
   ``e_k(v)^E (k dh)^H dh``. The step ``dh`` defaults to a hundredth of the map's maximum, recomputed for every
@@ -45,7 +47,6 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass
 
 import llvmlite.binding as llvm_binding
 import numba
@@ -54,38 +55,21 @@ from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
-from scipy import ndimage
-from scipy.sparse import csr_matrix
-from scipy.sparse.csgraph import connected_components
 
 from runner.errors import RunnerError
+from runner.space import GridSpace, Space, VoxelGraph
+from runner.space.defaults import CONNECTIVITY_RANK, PERMUTATION_CONNECTIVITY, TFCE_E, TFCE_H, TFCE_STEPS
+from runner.space.graph import NeighbourTable, label_batches
+from runner.space.grid import grid_neighbour_table
 
-TFCE_E = 0.5
-TFCE_H = 2.0
-TFCE_STEPS = 100
 EXACT = "exact"  # the dh that asks for the continuous integral
 MAX_LEVELS = 1_000_000  # thresholds per map with a fixed step: beyond this use the exact integral
-CONNECTIVITIES = {6: 1, 18: 2, 26: 3}
+CONNECTIVITIES = CONNECTIVITY_RANK
+Graph = VoxelGraph | Space  # what the functions below accept: a voxel graph, or any grid or mesh space
 
 
-@dataclass(frozen=True)
-class VoxelGraph:
-    """In-mask voxels and their neighbours; voxel ``i`` is ``np.flatnonzero(mask)[i]`` (C order).
-
-    ``neighbours[i, j]`` is the in-mask index of the neighbour of voxel ``i`` at ``offsets[j]`` (face neighbours
-    first, then edges, then corners); ``n_voxels`` stands for "outside the mask" so the table is rectangular.
-    """
-
-    shape: tuple[int, int, int]
-    n_voxels: int
-    connectivity: int
-    neighbours: np.ndarray
-    coordinates: np.ndarray
-    offsets: np.ndarray
-
-
-def voxel_graph(mask: np.ndarray, connectivity: int = 26) -> VoxelGraph:
-    """Build the neighbour table of the in-mask voxels of a 3D boolean mask.
+def voxel_graph(mask: np.ndarray, connectivity: int = PERMUTATION_CONNECTIVITY) -> VoxelGraph:
+    """Neighbour table of the in-mask voxels of a 3D boolean mask (:meth:`runner.space.GridSpace.voxel_graph`).
 
     Parameters
     ----------
@@ -97,42 +81,28 @@ def voxel_graph(mask: np.ndarray, connectivity: int = 26) -> VoxelGraph:
     -------
     VoxelGraph
     """
-    mask = np.asarray(mask)
-    if mask.ndim != 3:
-        raise RunnerError(f"the mask must be a 3D array, got {mask.ndim} dimension(s)")
-    if connectivity not in CONNECTIVITIES:
-        raise RunnerError(f"connectivity must be 6, 18 or 26, got {connectivity!r}")
-    mask = mask.astype(bool)
-    n_voxels = int(mask.sum())
-    structure = ndimage.generate_binary_structure(3, CONNECTIVITIES[connectivity])
-    offsets = np.argwhere(structure) - 1
-    offsets = offsets[np.any(offsets != 0, axis=1)]
-    offsets = offsets[np.argsort(np.abs(offsets).sum(axis=1), kind="stable")]  # faces, edges, corners
-    padded = np.pad(mask, 1)
-    index = np.full(padded.shape, n_voxels, dtype=np.int32)
-    index[padded] = np.arange(n_voxels, dtype=np.int32)
-    coordinates = np.argwhere(padded)
-    neighbours = np.empty((n_voxels, len(offsets)), dtype=np.int32)
-    for column, offset in enumerate(offsets):
-        shifted = coordinates + offset
-        neighbours[:, column] = index[shifted[:, 0], shifted[:, 1], shifted[:, 2]]
-    return VoxelGraph(
-        shape=tuple(int(s) for s in mask.shape),
-        n_voxels=n_voxels,
-        connectivity=connectivity,
-        neighbours=neighbours,
-        coordinates=(coordinates - 1).astype(np.int32),
-        offsets=offsets.astype(np.int32),
-    )
+    return GridSpace(mask, np.eye(4), connectivity).voxel_graph()
 
 
-def _check_maps(maps: np.ndarray, graph: VoxelGraph) -> np.ndarray:
+def neighbour_table(graph: Graph) -> NeighbourTable:
+    """The padded neighbour lists of a VoxelGraph or a Space."""
+    if isinstance(graph, VoxelGraph):
+        return grid_neighbour_table(graph)
+    return graph.neighbour_table()
+
+
+def _n_elements(graph: Graph) -> int:
+    return graph.n_voxels if isinstance(graph, VoxelGraph) else graph.n_elements
+
+
+def _check_maps(maps: np.ndarray, graph: Graph) -> np.ndarray:
     maps = np.asarray(maps, dtype=np.float64)
+    n_elements = _n_elements(graph)
     if maps.ndim == 1:
         maps = maps[None, :]
-    if maps.ndim != 2 or maps.shape[1] != graph.n_voxels:
+    if maps.ndim != 2 or maps.shape[1] != n_elements:
         raise RunnerError(
-            f"statistic maps must have {graph.n_voxels} in-mask values per map, got shape {maps.shape}"
+            f"statistic maps must have {n_elements} in-mask values per map, got shape {maps.shape}"
         )
     return np.where(np.isfinite(maps), maps, 0.0)
 
@@ -273,16 +243,25 @@ def _value_order(values, top, H, order, heights, keys, counts):
     return n_active, 1.0 / (H + 1.0)
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _extent_power(cluster, size, extent, weighted, square_root, E):
+    """extent^E of a cluster: its element count, or (area-weighted) its summed element measure."""
+    amount = extent[cluster] if weighted else float(size[cluster])
+    return math.sqrt(amount) if square_root else amount ** E
+
+
 @numba.njit(cache=True, nogil=True)
 def _merge_tree(order, heights, n_active, neighbours, adjacent, lines, E, parent, size, since, best, offset,
-                want_maps):
+                want_maps, weights, extent, weighted):
     """Add the voxels in ``order`` one by one, joining each to its neighbours already present (union-find).
 
     ``parent[u] < 0`` marks voxels not yet added (and the index ``V`` that stands for "outside the mask").
     ``since[root]`` is the height (as in ``heights``) down to which a cluster's contribution has been counted,
     ``best[root]`` the largest TFCE among its members, ``offset`` the contributions (a member's TFCE is the sum of
     ``offset`` along its path to the root). A present neighbour adjacent to one already joined (bit set in
-    ``adjacent[j]``) is in the same cluster and needs no find. Returns the largest TFCE, in height units.
+    ``adjacent[j]``) is in the same cluster and needs no find. With ``weighted``, ``extent[root]`` is the summed
+    ``weights`` of a cluster's members and replaces the count in the extent term. Returns the largest TFCE, in
+    height units.
     """
     n_neighbours = neighbours.shape[1]
     table = neighbours.reshape(-1)
@@ -308,6 +287,8 @@ def _merge_tree(order, heights, n_active, neighbours, adjacent, lines, E, parent
             present |= np.int64(parent[neighbours[voxel, j]] >= 0) << j
         parent[voxel] = voxel
         size[voxel] = 1
+        if weighted:
+            extent[voxel] = weights[voxel]
         since[voxel] = now
         best[voxel] = 0.0
         if want_maps:
@@ -339,7 +320,7 @@ def _merge_tree(order, heights, n_active, neighbours, adjacent, lines, E, parent
             for cluster in (root, other):
                 gap = since[cluster] - now
                 if gap > 0.0:
-                    gain = (math.sqrt(size[cluster]) if square_root else float(size[cluster]) ** E) * gap
+                    gain = _extent_power(cluster, size, extent, weighted, square_root, E) * gap
                     best[cluster] += gain
                     if want_maps:
                         offset[cluster] += gain
@@ -348,6 +329,8 @@ def _merge_tree(order, heights, n_active, neighbours, adjacent, lines, E, parent
                 root, other = other, root
             parent[other] = root
             size[root] += size[other]
+            if weighted:
+                extent[root] += extent[other]
             if best[other] > best[root]:
                 best[root] = best[other]
             if want_maps:
@@ -356,7 +339,7 @@ def _merge_tree(order, heights, n_active, neighbours, adjacent, lines, E, parent
     for i in range(n_active):
         voxel = order[i]
         if parent[voxel] == voxel:  # a root: its contribution from its last height down to 0
-            gain = (math.sqrt(size[voxel]) if square_root else float(size[voxel]) ** E) * since[voxel]
+            gain = _extent_power(voxel, size, extent, weighted, square_root, E) * since[voxel]
             best[voxel] += gain
             if want_maps:
                 offset[voxel] += gain
@@ -366,7 +349,7 @@ def _merge_tree(order, heights, n_active, neighbours, adjacent, lines, E, parent
 
 
 @numba.njit(cache=True, nogil=True)
-def _enhance(maps, neighbours, adjacent, lines, E, H, dh, steps, exact, two_sided, want_maps):
+def _enhance(maps, neighbours, adjacent, lines, E, H, dh, steps, exact, two_sided, want_maps, weights):
     """Largest |TFCE| of each map and, if ``want_maps``, the TFCE maps (see the module docstring)."""
     n_maps, n_voxels = maps.shape
     maxima = np.zeros(n_maps)
@@ -376,6 +359,8 @@ def _enhance(maps, neighbours, adjacent, lines, E, H, dh, steps, exact, two_side
     since = np.empty(n_voxels)
     best = np.empty(n_voxels)
     offset = np.empty(n_voxels if want_maps else 0)
+    weighted = weights.size > 0
+    extent = np.empty(n_voxels if weighted else 0)
     order = np.empty(n_voxels, dtype=np.int32)
     heights = np.empty(n_voxels)
     keys = np.empty(n_voxels, dtype=np.int32)
@@ -399,7 +384,7 @@ def _enhance(maps, neighbours, adjacent, lines, E, H, dh, steps, exact, two_side
                     counts = np.empty(n_levels + 2, dtype=np.int64)
                 n_active, factor = _level_order(values, top, dh, steps, H, order, heights, keys, counts)
             peak = _merge_tree(order, heights, n_active, neighbours, adjacent, lines, E, parent, size, since, best,
-                               offset, want_maps)
+                               offset, want_maps, weights, extent, weighted)
             maxima[b] = max(maxima[b], peak * factor)
             if want_maps:  # a voxel's TFCE: the contributions along its path to the root
                 for i in range(n_active):
@@ -418,17 +403,6 @@ def _enhance(maps, neighbours, adjacent, lines, E, H, dh, steps, exact, two_side
     return maxima, enhanced
 
 
-def _adjacency(graph: VoxelGraph) -> tuple[np.ndarray, np.ndarray]:
-    """For each neighbour slot, the bit mask of the slots adjacent to it (under the graph's connectivity), and one
-    slot per (dx, dy) pair of offsets (neighbours that differ only in z share a cache line of the union-find)."""
-    offsets = graph.offsets.astype(np.int64)
-    difference = np.abs(offsets[:, None, :] - offsets[None, :, :])
-    adjacent = (difference.max(axis=2) == 1) & (difference.sum(axis=2) <= CONNECTIVITIES[graph.connectivity])
-    masks = (adjacent * (1 << np.arange(len(offsets), dtype=np.int64))[None, :]).sum(axis=1)
-    _, lines = np.unique(offsets[:, :2], axis=0, return_index=True)
-    return masks.astype(np.int64), np.sort(lines).astype(np.int64)
-
-
 def check_tfce_step(dh: float | str | None) -> tuple[float, bool]:
     """Validate a TFCE ``dh`` (a positive number, None for max/100, or "exact"); returns (step, exact), step 0
     standing for the automatic step."""
@@ -441,8 +415,8 @@ def check_tfce_step(dh: float | str | None) -> tuple[float, bool]:
     raise RunnerError(f"tfce dh must be a positive number, null (max/100) or 'exact', got {dh!r}")
 
 
-def _run(maps: np.ndarray, graph: VoxelGraph, E: float, H: float, dh: float | str | None, two_sided: bool,
-         steps: int, want_maps: bool) -> tuple[np.ndarray, np.ndarray]:
+def _run(maps: np.ndarray, graph: Graph, E: float, H: float, dh: float | str | None, two_sided: bool,
+         steps: int, want_maps: bool, area_weighted: bool) -> tuple[np.ndarray, np.ndarray]:
     step, exact = check_tfce_step(dh)
     if step > 0 and maps.size:
         top = float(np.max(np.abs(maps)))
@@ -451,35 +425,43 @@ def _run(maps: np.ndarray, graph: VoxelGraph, E: float, H: float, dh: float | st
                               f"{top:.3g}; use a larger step, or 'exact'")
     if not exact and step == 0 and steps < 1:
         raise RunnerError(f"the number of TFCE steps must be positive, got {steps}")
-    adjacent, lines = _adjacency(graph)
-    return _enhance(np.ascontiguousarray(maps, dtype=np.float64), graph.neighbours, adjacent, lines, float(E),
-                    float(H), step, int(steps), exact, bool(two_sided), want_maps)
+    if area_weighted and isinstance(graph, VoxelGraph):
+        raise RunnerError("area-weighted TFCE needs a Space (its element measures), not a voxel graph")
+    weights = np.asarray(graph.element_measure, dtype=np.float64) if area_weighted else np.empty(0)
+    table = neighbour_table(graph)
+    return _enhance(np.ascontiguousarray(maps, dtype=np.float64), table.neighbours, table.adjacent, table.lines,
+                    float(E), float(H), step, int(steps), exact, bool(two_sided), want_maps, weights)
 
 
 def tfce(
     stat: np.ndarray,
-    graph: VoxelGraph,
+    graph: Graph,
     E: float = TFCE_E,
     H: float = TFCE_H,
     dh: float | str | None = None,
     two_sided: bool = True,
     steps: int = TFCE_STEPS,
+    area_weighted: bool = False,
 ) -> np.ndarray:
     """TFCE map(s) of in-mask statistic values.
 
     Parameters
     ----------
     stat : ndarray, shape (V,) or (B, V)
-        Statistic values in the graph's voxel order; non-finite values count as 0.
-    graph : VoxelGraph
+        Statistic values in the graph's element order; non-finite values count as 0.
+    graph : VoxelGraph or Space
+        Voxel grid or mesh whose neighbours define clusters.
     E, H : float
-        Extent and height exponents (0.5 and 2 for 3D images).
+        Extent and height exponents (0.5 and 2 for 3D images, 1 and 2 on surfaces).
     dh : float, None or "exact"
         Threshold step; None uses ``max / steps`` per map and tail; "exact" integrates over every height.
     two_sided : bool
         Enhance the negative tail too (returned negative); otherwise negative values are ignored.
     steps : int
         Number of thresholds when ``dh`` is None.
+    area_weighted : bool
+        Measure a cluster's extent as the sum of its elements' measures (vertex areas in mm2 on a mesh, as
+        surface TFCE does) instead of their number. Needs a Space.
 
     Returns
     -------
@@ -487,70 +469,43 @@ def tfce(
     """
     stat = np.asarray(stat)
     maps = _check_maps(stat, graph)
-    enhanced = _run(maps, graph, E, H, dh, two_sided, steps, want_maps=True)[1]
+    enhanced = _run(maps, graph, E, H, dh, two_sided, steps, want_maps=True, area_weighted=area_weighted)[1]
     return enhanced[0] if stat.ndim == 1 else enhanced
 
 
 def tfce_maxima(
     stats: np.ndarray,
-    graph: VoxelGraph,
+    graph: Graph,
     E: float = TFCE_E,
     H: float = TFCE_H,
     dh: float | str | None = None,
     two_sided: bool = True,
     steps: int = TFCE_STEPS,
+    area_weighted: bool = False,
 ) -> np.ndarray:
     """Maximum |TFCE| of each map, without building the maps (the statistic of the permutation null).
 
     Parameters are those of :func:`tfce`; ``stats`` has shape (B, V). Returns shape (B,).
     """
     maps = _check_maps(stats, graph)
-    return _run(maps, graph, E, H, dh, two_sided, steps, want_maps=False)[0]
+    return _run(maps, graph, E, H, dh, two_sided, steps, want_maps=False, area_weighted=area_weighted)[0]
 
 
-def label_components(active: np.ndarray, graph: VoxelGraph, tail: np.ndarray | None = None) -> tuple[np.ndarray, int]:
-    """Connected components of the active voxels of each map, numbered across all maps.
+def label_components(active: np.ndarray, graph: Graph, tail: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+    """Connected components of the active elements of each map, numbered across all maps.
 
     Parameters
     ----------
     active : ndarray of bool, shape (B, V)
-    graph : VoxelGraph
+    graph : VoxelGraph or Space
     tail : ndarray of int8, shape (B, V), optional
-        Voxels are joined only to neighbours of the same tail (e.g. the sign of a two-sided statistic).
+        Elements are joined only to neighbours of the same tail (e.g. the sign of a two-sided statistic).
 
     Returns
     -------
     labels : ndarray of int64, shape (B, V)
-        -1 for inactive voxels, else the component index in ``0..n-1`` (components never span two maps).
+        -1 for inactive elements, else the component index in ``0..n-1`` (components never span two maps).
     n : int
     """
-    active = np.asarray(active, dtype=bool)
-    n_maps, n_voxels = active.shape
-    stride = n_voxels + 1
-    padded = np.zeros((n_maps, stride), dtype=bool)
-    padded[:, :n_voxels] = active
-    flat_active = padded.ravel()
-    members = np.flatnonzero(flat_active)
-    if members.size == 0:
-        return np.full((n_maps, n_voxels), -1, dtype=np.int64), 0
-    position = np.full(flat_active.size, members.size, dtype=np.int64)
-    position[members] = np.arange(members.size)
-    candidates = graph.neighbours[members % stride] + (members - members % stride)[:, None]
-    candidate_position = position[candidates]
-    # only neighbours after the voxel: each pair once; the sentinel position (members.size) is never linked
-    linked = (candidate_position > np.arange(members.size)[:, None]) & (candidate_position < members.size)
-    if tail is not None:
-        tails = np.zeros((n_maps, stride), dtype=np.int8)
-        tails[:, :n_voxels] = tail
-        tail_by_position = np.append(tails.ravel()[members], np.int8(0))
-        linked &= tail_by_position[candidate_position] == tail_by_position[:-1, None]
-    per_row = linked.sum(axis=1)
-    indptr = np.zeros(members.size + 1, dtype=np.int64)
-    np.cumsum(per_row, out=indptr[1:])
-    targets = candidate_position[linked]
-    adjacency = csr_matrix((np.ones(targets.size), targets, indptr), shape=(members.size, members.size))
-    n, member_label = connected_components(adjacency, directed=True, connection="weak")
-    flat_labels = np.full(flat_active.size, -1, dtype=np.int64)
-    flat_labels[members] = member_label
-    labels = flat_labels.reshape(n_maps, stride)[:, :n_voxels].copy()
-    return labels, int(n)
+    neighbours = graph.neighbours if isinstance(graph, VoxelGraph) else graph.neighbour_table().neighbours
+    return label_batches(active, neighbours, tail)

@@ -33,11 +33,14 @@ def check_distinct_labels(names: Iterable[str], what: str = "contrasts") -> None
         seen[label.lower()] = name
 
 
-def map_name(contrast: str, stat: str, correction: str | None = None, suffix: str = "statmap") -> str:
-    """``contrast-<name>_stat-<stat>[_corr-<method>]_statmap.nii.gz``."""
+def map_name(contrast: str, stat: str, correction: str | None = None, suffix: str = "statmap",
+             desc: str | None = None) -> str:
+    """``contrast-<name>_stat-<stat>[_corr-<method>][_desc-<label>]_statmap.nii.gz``."""
     parts = [f"contrast-{safe_label(contrast)}", f"stat-{safe_label(stat)}"]
     if correction:
         parts.append(f"corr-{safe_label(correction)}")
+    if desc:
+        parts.append(f"desc-{safe_label(desc)}")
     return "_".join(parts) + f"_{suffix}.nii.gz"
 
 

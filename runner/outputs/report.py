@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from runner.outputs.naming import safe_label
+from runner.results import format_number
 from runner.outputs.writer import OutputEntry, OutputWriter
 
 log = logging.getLogger(__name__)
@@ -53,8 +54,6 @@ CLUSTER_COLUMNS = {  # known cluster-table columns: header shown, in display ord
     "p_fwe": "p (FWE)",
     "mass": "Mass",
 }
-CLUSTER_STATISTICS = {"clustersize": ("cluster size", " voxels"), "clustermass": ("cluster mass", ""),
-                      "tfce": ("TFCE", "")}  # what the critical value of a cluster-wise method measures
 HIDDEN_CLUSTER_COLUMNS = ("i", "j", "k", "peak_i", "peak_j", "peak_k")  # voxel indices: the mm coordinates say the same to a reader
 PATH_SUFFIXES = (".nii", ".nii.gz", ".img", ".hdr", ".mgz", ".gii")
 
@@ -222,17 +221,12 @@ class ReportPage:
                             "Peak statistic"], rows, css="compact summary", numeric={4, 5, 6})
 
     def threshold_text(self, contrast: str, method: str, row: dict[str, Any]) -> str:
+        """The method's own statement of its threshold (``threshold_text`` in its summary row), else ``stat ≥ t``."""
+        if row.get("threshold_text"):
+            return str(row["threshold_text"])
         threshold = row.get("threshold", _entry_value(self.thresholded_map(contrast, method), "threshold"))
         if threshold is None or (isinstance(threshold, float) and not math.isfinite(threshold)):
             return "none reachable"
-        if method == "ari":
-            return f"z ≥ {_fmt(threshold, 3)} (cluster-forming)"
-        if method in CLUSTER_STATISTICS:
-            measure, unit = CLUSTER_STATISTICS[method]
-            params = (getattr(self.settings, "correction", None) or {}).get(method)
-            forming = getattr(params, "cluster_forming_p", None)
-            return (f"{measure} ≥ {_fmt(threshold, 4)}{unit}"
-                    + (f" (cluster-forming p < {_fmt(forming)})" if forming and method != "tfce" else ""))
         entry = self.thresholded_map(contrast, method)
         two_sided = (entry.extra.get("two_sided") if entry else None)
         stat = (entry.stat if entry and entry.stat else "z")
@@ -490,7 +484,7 @@ class ReportPage:
             facts.append(("clusters", f"{int(row['n_clusters']):,}"))
         if row.get("peak") is not None:
             facts.append(("peak statistic", _fmt(row["peak"], 3)))
-        shown = {"alpha", "threshold", "n_voxels", "n_clusters", "peak", "notes", "warnings"}
+        shown = {"alpha", "threshold", "threshold_text", "family", "n_voxels", "n_clusters", "peak", "notes", "warnings"}
         for key, value in row.items():
             if key not in shown and isinstance(value, (int, float, str, bool, np.generic)) and value is not None:
                 facts.append((key.replace("_", " "), _fmt(value, 4)))
@@ -660,26 +654,7 @@ def _count(n: Any, noun: str) -> str:
     return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
-def _fmt(value: Any, digits: int = 4) -> str:
-    """Numbers for a reader: integers as integers, others with ``digits`` significant digits; n/a for missing."""
-    if value is None:
-        return "n/a"
-    if isinstance(value, (bool, np.bool_)):
-        return "yes" if value else "no"
-    if isinstance(value, (int, np.integer)):
-        return str(int(value))
-    if isinstance(value, (float, np.floating)):
-        value = float(value)
-        if math.isnan(value):
-            return "n/a"
-        if math.isinf(value):
-            return "∞" if value > 0 else "−∞"
-        if value == round(value) and abs(value) < 1e15:
-            return str(int(round(value)))
-        return f"{value:.{digits}g}"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_fmt(v, digits) for v in value) + "]"
-    return str(value)
+_fmt = format_number  # numbers for a reader, as the methods state their thresholds
 
 
 def _entry_value(entry: OutputEntry | None, key: str) -> Any:

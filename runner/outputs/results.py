@@ -1,4 +1,4 @@
-"""Turn fitted contrasts and inference results into files through the OutputWriter (maps, tables, figures)."""
+"""Write the design, the contrast maps and the per-contrast figures through the OutputWriter."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from runner import glm
 from runner.contrasts import Contrast
 from runner.data.loader import GroupData
 from runner.design import Design
-from runner.inference import ari, clusters, parametric
 from runner.outputs.writer import OutputWriter
 
 log = logging.getLogger(__name__)
@@ -102,65 +101,6 @@ def write_covariate_figure(writer: OutputWriter, data: GroupData, design: Design
                   view="scatter", peak_mm=[float(v) for v in peak_mm[:3]])
 
 
-def effective_two_sided(result: glm.ContrastResult, requested: bool) -> bool:
-    """F statistics are one-sided by nature (their z is the upper tail)."""
-    return requested and result.stat_type == "t"
-
-
-def parametric_inference(writer: OutputWriter, data: GroupData, contrast: Contrast, result: glm.ContrastResult,
-                         method: str, params: Any, report: bool = True) -> dict[str, Any]:
-    """Threshold one contrast's z map with fpr/fdr/bonferroni, write the map, its cluster table and figures."""
-    two_sided = effective_two_sided(result, params.two_sided)
-    z = np.where(np.isfinite(result.z), result.z, 0.0)
-    threshold = parametric.height_threshold(z, method, params.alpha, two_sided)
-    z3d = data.unmask(z)
-    thresholded = clusters.threshold_map(z3d, data.mask, threshold, params.cluster_threshold, two_sided)
-    table = clusters.cluster_table(z3d, data.affine, threshold, params.cluster_threshold, two_sided)
-    meta = dict(contrast=contrast.name, correction=method, alpha=params.alpha,
-                threshold=threshold if np.isfinite(threshold) else None)
-    writer.map(thresholded, data.affine, stat="z", two_sided=two_sided,
-               cluster_threshold=params.cluster_threshold, **meta)
-    writer.table(table, suffix="clusters", kind="clusters", stat="z", **meta)
-    n_surviving = int(np.count_nonzero(thresholded))
-    n_clusters = _count_clusters(table)
-    peak = float(z[np.argmax(np.abs(z))]) if z.size else float("nan")
-    log.info("contrast %s, %s alpha=%g: threshold z=%.3f, %d voxel(s) in %d cluster(s)", contrast.name, method,
-             params.alpha, threshold, n_surviving, n_clusters)
-    if report:
-        write_map_figures(writer, data, thresholded, threshold, contrast.name, "z", method,
-                          f"{contrast.name}: z, {method} alpha={params.alpha:g}")
-    return {"threshold": threshold, "n_voxels": n_surviving, "n_clusters": n_clusters, "peak": peak,
-            "alpha": params.alpha}
-
-
-def ari_inference(writer: OutputWriter, data: GroupData, contrast: Contrast, result: glm.ContrastResult,
-                  params: Any, report: bool = True) -> dict[str, Any]:
-    """All-Resolutions Inference on one contrast's z map: the TDP map and the cluster table."""
-    z = np.where(np.isfinite(result.z), result.z, 0.0)
-    signs = [1.0, -1.0] if effective_two_sided(result, params.two_sided) else [1.0]
-    tables, tdp_total = [], np.zeros(data.mask.shape)
-    for sign in signs:
-        tdp3d, table = ari.cluster_tdp(data.unmask(sign * z), data.mask, params.thresholds, params.alpha,
-                                       affine=data.affine)
-        tdp_total = np.where(tdp3d > 0, sign * tdp3d, tdp_total) if sign < 0 else tdp3d
-        tables.append(table.assign(sign="positive" if sign > 0 else "negative"))
-    table = pd.concat(tables, ignore_index=True)
-    meta = dict(contrast=contrast.name, correction="ari", alpha=params.alpha)
-    writer.map(tdp_total, data.affine, stat="tdp", thresholds=list(params.thresholds), **meta)
-    writer.table(table, suffix="clusters", kind="clusters", stat="tdp", **meta)
-    inside = tdp_total != 0
-    z3d = data.unmask(z)
-    peak_index = np.unravel_index(int(np.argmax(np.where(inside, np.abs(z3d), -1.0))), z3d.shape)
-    peak_mm = tuple(float(v) for v in (data.affine @ np.r_[peak_index, 1.0])[:3]) if inside.any() else None
-    if report:
-        write_map_figures(writer, data, tdp_total, None, contrast.name, "tdp", "ari",
-                          f"{contrast.name}: true-discovery proportion (ARI, alpha={params.alpha:g})",
-                          cut_coords_mm=peak_mm)
-    return {"threshold": float(min(params.thresholds)), "n_voxels": int(np.count_nonzero(tdp_total)),
-            "n_clusters": int(len(table)), "peak": float(z3d[peak_index]) if inside.any() else 0.0,
-            "max_tdp": float(np.max(np.abs(tdp_total))) if tdp_total.size else 0.0, "alpha": params.alpha}
-
-
 # -- figures -----------------------------------------------------------------------------------------------------
 def background_for(data: GroupData) -> np.ndarray:
     """The bundled MNI T1 template on the data grid (background of the brain figures)."""
@@ -195,12 +135,6 @@ def write_map_figures(writer: OutputWriter, data: GroupData, volume: np.ndarray,
                   name=f"{base}_montage.png", view="montage", **meta)
     writer.figure(figures_brain.glass_brain_figure(volume, data.affine, shown, title, mask=data.mask),
                   name=f"{base}_glassbrain.png", view="glassbrain", **meta)
-
-
-def _count_clusters(table: pd.DataFrame) -> int:
-    if table.empty:
-        return 0
-    return int(table["size_voxels"].notna().sum())
 
 
 def _label(text: str) -> str:

@@ -1,0 +1,245 @@
+"""Permutation family-wise error (randomise / PALM style): max-T, cluster size, cluster mass and TFCE.
+
+The four methods share one pass over the same permutations when their permutation settings agree; each then gets
+its -log10 FWE p map, its thresholded statistic map, its null distribution of the maximum and its cluster table.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+import pandas as pd
+
+from runner.checks import check, in_open_unit, one_of, positive, tfce_step
+from runner.errors import RunnerError, did_you_mean
+from runner.inference.registry import ContrastInputs, InferenceMethod, register
+from runner.results import (BatchResult, MapOutput, MapViews, MethodResult, NullFigure, TableOutput,
+                            format_number)
+
+log = logging.getLogger("runner.inference")
+
+FEW_PERMUTATIONS = 1000  # fewer makes p-values coarse: the smallest attainable p is 1 / n_permutations
+
+
+@dataclass
+class PermutationCorrection:
+    """Permutation / sign-flip FWE inference (randomise/PALM style)."""
+
+    alpha: float = field(default=0.05, metadata=check(in_open_unit))
+    n_permutations: int = field(default=10000, metadata=check(positive))
+    seed: Optional[int] = None  # default: the run's seed
+    two_sided: bool = True
+    method: str = field(default="freedman_lane", metadata=check(one_of("freedman_lane", "ter_braak", "manly")))
+    exchangeability_blocks: Optional[str] = None  # table column
+    whole_block: bool = False
+    n_jobs: Optional[int] = None  # default: the run's n_jobs
+
+
+@dataclass
+class MaxTCorrection(PermutationCorrection):
+    pass
+
+
+@dataclass
+class ClusterCorrection(PermutationCorrection):
+    cluster_forming_p: float = field(default=0.001, metadata=check(in_open_unit))
+    connectivity: int = field(default=26, metadata=check(one_of(6, 18, 26)))
+
+
+@dataclass
+class ClusterSizeCorrection(ClusterCorrection):
+    pass
+
+
+@dataclass
+class ClusterMassCorrection(ClusterCorrection):
+    pass
+
+
+@dataclass
+class TfceCorrection(PermutationCorrection):
+    E: float = field(default=0.5, metadata=check(positive))
+    H: float = field(default=2.0, metadata=check(positive))
+    # threshold step: a positive number, None for max/100 per map, or "exact" for the continuous integral (Any so
+    # that Hydra keeps a number a number and "exact" a string; checked by tfce_step)
+    dh: Any = field(default=None, metadata=check(tfce_step))
+    connectivity: int = field(default=26, metadata=check(one_of(6, 18, 26)))
+
+
+# what the critical value of each method measures, for the report
+MEASURES = {"maxt": ("", ""), "clustersize": ("cluster size", " voxels"), "clustermass": ("cluster mass", ""),
+            "tfce": ("TFCE", "")}
+
+
+def critical_value(null: np.ndarray, alpha: float) -> float:
+    """The value an observed maximum must exceed (strictly) for FWE p = #{null >= observed} / P to be < alpha.
+
+    At most ceil(alpha P) - 1 null values may reach the observed one, so the bar is the ceil(alpha P)-th largest.
+    """
+    if not null.size:
+        return float("nan")
+    allowed = int(np.ceil(alpha * null.size)) - 1
+    if allowed < 0:
+        return float("inf")
+    return float(np.sort(null)[::-1][allowed])
+
+
+def _engine_settings(params: Any, inputs: ContrastInputs) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Engine settings of one method's config: (shared by a pass over the permutations, specific to the method)."""
+    from runner.outputs.progress import progress_enabled
+
+    settings, design = inputs.settings, inputs.design
+    blocks = None
+    if params.exchangeability_blocks:
+        column = params.exchangeability_blocks
+        if column not in design.table.columns:
+            raise RunnerError(f"exchangeability_blocks names column {column!r}, which is not in the table; "
+                              f"{did_you_mean(column, design.table.columns)}")
+        blocks = tuple(int(b) for b in pd.factorize(design.table[column].astype(str))[0] + 1)
+    budget = int(settings.memory_budget_gb * 1024**3 / 4) if settings.memory_budget_gb else None
+    shared = dict(n_permutations=params.n_permutations, seed=settings.seed if params.seed is None else params.seed,
+                  two_sided=params.two_sided, method=params.method, exchangeability_blocks=blocks,
+                  whole_block=params.whole_block, n_jobs=params.n_jobs or settings.n_jobs,
+                  progress=progress_enabled(settings.progress), memory_budget_bytes=budget)
+    specific: dict[str, Any] = {}
+    for key in ("cluster_forming_p", "connectivity"):
+        if hasattr(params, key):
+            specific[key] = getattr(params, key)
+    if hasattr(params, "E"):
+        specific.update(tfce_E=params.E, tfce_H=params.H, tfce_dh=params.dh)
+    return shared, specific
+
+
+def passes(params_by_method: dict[str, Any], inputs: ContrastInputs) -> list[tuple[Any, list[str]]]:
+    """Methods sharing the same permutation settings run in one pass over the same permutations."""
+    from runner.inference.permutation import PermutationOptions
+
+    grouped: dict[tuple, tuple[dict[str, Any], dict[str, Any], list[str]]] = {}
+    for method, params in params_by_method.items():
+        shared, specific = _engine_settings(params, inputs)
+        key = tuple(sorted(shared.items()))
+        _, merged, names = grouped.setdefault(key, (shared, {}, []))
+        for name, value in specific.items():
+            if name in merged and merged[name] != value:
+                raise RunnerError(f"correction methods {', '.join(names)} and {method} run in one permutation "
+                                  f"pass but set {name} differently ({merged[name]} vs {value})")
+            merged[name] = value
+        names.append(method)
+    return [(PermutationOptions(**shared, **specific), names) for shared, specific, names in grouped.values()]
+
+
+def run_permutation(inputs: ContrastInputs, params_by_method: dict[str, Any]) -> BatchResult:
+    """Permutation inference of one contrast for every requested method (one pass per distinct settings)."""
+    from runner.inference.permutation import permutation_inference
+
+    data, contrast = inputs.data, inputs.contrast
+    X = inputs.design.matrix.to_numpy(dtype=float)
+    batch = BatchResult(results={})
+    all_passes = passes(params_by_method, inputs)
+    for number, (options, names) in enumerate(all_passes):
+        log.info("contrast %s: permutation inference (%s), %d permutations requested", contrast.name,
+                 ", ".join(names), options.n_permutations)
+        outcome = permutation_inference(data.Y, X, contrast.matrix, data.mask, names, options)
+        for message in outcome.messages:
+            log.info("contrast %s: %s", contrast.name, message)
+        if outcome.n_permutations_done < FEW_PERMUTATIONS and not outcome.exhaustive:
+            batch.notes.append(f"contrast {contrast.name}: only {outcome.n_permutations_done} permutations "
+                               f"({', '.join(names)}); p-values are coarse (smallest "
+                               f"{1 / outcome.n_permutations_done:.2g})")
+        label = "permutation" + (str(number + 1) if len(all_passes) > 1 else "")
+        meta = dict(n_permutations=outcome.n_permutations_done, exhaustive=outcome.exhaustive,
+                    scheme=outcome.scheme, regression=outcome.method, two_sided=outcome.two_sided, methods=names)
+        batch.shared.append(MapOutput(outcome.uncorrected_p, stat="p", correction=None, fill=1.0, desc=label,
+                                      meta=meta))
+        if outcome.tfce is not None:
+            batch.shared.append(MapOutput(outcome.tfce, stat="tfce", correction=None, meta=meta))
+        for method in names:
+            batch.results[method] = _method_result(inputs, outcome, method, params_by_method[method])
+    return batch
+
+
+def _method_result(inputs: ContrastInputs, outcome: Any, method: str, params: Any) -> MethodResult:
+    """logp map, thresholded statistic map, null distribution and cluster table of one FWE method."""
+    contrast, alpha = inputs.contrast, params.alpha
+    logp = outcome.logp[method]
+    null = outcome.null_max[method]
+    critical = critical_value(null, alpha)
+    surviving = outcome.corrected_p[method] < alpha
+    meta = dict(alpha=alpha, n_permutations=outcome.n_permutations_done, exhaustive=outcome.exhaustive,
+                two_sided=outcome.two_sided)
+    stat = np.where(np.isfinite(outcome.stat), outcome.stat, 0.0)
+    stat_name = outcome.stat_type
+    thresholded = np.where(surviving, stat, 0.0)
+    table = permutation_cluster_table(inputs, stat, thresholded, outcome, method)
+    n_voxels = int(np.count_nonzero(thresholded))
+    n_clusters = int(table["size_voxels"].notna().sum()) if len(table) else 0
+    title = f"{contrast.name}: {method} null distribution ({null.size} permutations)"
+    outputs = [
+        MapOutput(logp, stat="logp", correction=method, meta=meta),
+        MapOutput(thresholded, stat=stat_name, correction=method, meta=dict(meta, threshold=critical)),
+        TableOutput(pd.DataFrame({"permutation": np.arange(null.size), "max_statistic": null}), suffix="nulldist",
+                    kind="table", stat=stat_name, correction=method, meta=dict(meta, threshold=critical)),
+        TableOutput(table, suffix="clusters", kind="clusters", stat=stat_name, correction=method, meta=meta),
+        NullFigure(null, float(null[0]) if null.size else float("nan"), critical, method, title),
+        MapViews(logp, stat="logp", correction=method, threshold=-np.log10(alpha),
+                 title=f"{contrast.name}: -log10 FWE p ({method}, {outcome.n_permutations_done} permutations)"),
+    ]
+    log.info("contrast %s, %s alpha=%g: critical value %.4g, %d voxel(s) in %d cluster(s)", contrast.name, method,
+             alpha, critical, n_voxels, n_clusters)
+    peak = float(stat[np.argmax(np.abs(stat))]) if stat.size else float("nan")
+    summary = {"threshold": critical, "n_voxels": n_voxels, "n_clusters": n_clusters, "peak": peak, "alpha": alpha,
+               "threshold_text": threshold_text(method, params, critical, outcome)}
+    return MethodResult(method, outputs, summary)
+
+
+def threshold_text(method: str, params: Any, critical: float, outcome: Any) -> str:
+    """How the report states the bar: the statistic (max-T) or the cluster measure it is set on."""
+    if not np.isfinite(critical):
+        return "none reachable"
+    measure, unit = MEASURES[method]
+    if not measure:
+        stat = outcome.stat_type
+        return f"{'|' + stat + '|' if outcome.two_sided else stat} ≥ {format_number(critical, 3)}"
+    forming = getattr(params, "cluster_forming_p", None)
+    return (f"{measure} ≥ {format_number(critical, 4)}{unit}"
+            + (f" (cluster-forming p < {format_number(forming)})" if forming and method != "tfce" else ""))
+
+
+def permutation_cluster_table(inputs: ContrastInputs, stat: np.ndarray, thresholded: np.ndarray, outcome: Any,
+                              method: str) -> pd.DataFrame:
+    """Clusters with their FWE p (cluster methods), or the surviving voxels' clusters and peaks (maxt, tfce)."""
+    from runner.inference import clusters as cluster_tools
+
+    data = inputs.data
+    if method in outcome.clusters:
+        table = outcome.clusters[method].copy()
+        if len(table):
+            ijk = table[["peak_i", "peak_j", "peak_k"]].to_numpy(dtype=float)
+            xyz = (data.affine @ np.c_[ijk, np.ones(len(ijk))].T).T[:, :3]
+            table.insert(1, "x", xyz[:, 0])
+            table.insert(2, "y", xyz[:, 1])
+            table.insert(3, "z", xyz[:, 2])
+            table["size_mm3"] = table["size_voxels"] * cluster_tools.voxel_volume(data.affine)
+        return table
+    volume = data.unmask(thresholded)
+    nonzero = np.abs(thresholded[thresholded != 0])
+    if nonzero.size == 0:
+        return cluster_tools.cluster_table(volume, data.affine, 1.0, 0, False).iloc[0:0]
+    level = float(nonzero.min()) * (1 - 1e-9)
+    table = cluster_tools.cluster_table(volume, data.affine, level, 0, two_sided=bool(np.any(thresholded < 0)))
+    corrected = data.unmask(outcome.corrected_p[method], fill=1.0)
+    ijk = table[["i", "j", "k"]].to_numpy(dtype=int)
+    table["p_fwe"] = corrected[ijk[:, 0], ijk[:, 1], ijk[:, 2]]
+    return table
+
+
+for _name, _schema, _what in (
+        ("maxt", MaxTCorrection, "voxel-level FWE from the permutation distribution of the maximum statistic"),
+        ("clustersize", ClusterSizeCorrection, "cluster-level FWE on cluster size (permutation)"),
+        ("clustermass", ClusterMassCorrection, "cluster-level FWE on cluster mass (permutation)"),
+        ("tfce", TfceCorrection, "threshold-free cluster enhancement with permutation FWE")):
+    register(InferenceMethod(name=_name, family="permutation", schema=_schema, run=run_permutation,
+                             description=_what, shared_pass=True))

@@ -1,0 +1,118 @@
+"""What inference hands to the writers: output requests as plain data (arrays and tables, no files).
+
+Inference methods return a :class:`MethodResult` listing the maps, tables and figures to write, in order; the stage
+layer passes it to ``runner.outputs.method_outputs``, which names and writes them. Neither side imports the other:
+this module is the contract between them. Values are vectors over the analysed elements (in-mask voxels), shape (V,).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+import numpy as np
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class MapOutput:
+    """A statistical map to write: ``values`` (V,) put back on the grid with ``fill`` outside the analysed elements.
+
+    ``correction`` None means an uncorrected map of the method's family (named without ``corr-``); ``desc`` adds a
+    BIDS ``desc-`` entity to the name built from contrast, stat and correction.
+    """
+
+    values: np.ndarray
+    stat: str
+    correction: str | None
+    fill: float = 0.0
+    desc: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TableOutput:
+    """A TSV table to write, named ``contrast-<c>_corr-<m>_<suffix>.tsv``."""
+
+    frame: pd.DataFrame
+    suffix: str
+    kind: str
+    stat: str | None
+    correction: str | None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MapViews:
+    """Figures of one map: orthogonal slices (through ``cut_coords_mm`` or the peak), montage and glass brain."""
+
+    values: np.ndarray
+    stat: str
+    correction: str | None
+    threshold: float | None
+    title: str
+    cut_coords_mm: tuple[float, float, float] | None = None
+
+
+@dataclass(frozen=True)
+class NullFigure:
+    """Histogram of a permutation null distribution of the maximum statistic, with the observed and critical values."""
+
+    null: np.ndarray
+    observed: float
+    critical: float
+    correction: str
+    title: str
+
+
+OutputRequest = Union[MapOutput, TableOutput, MapViews, NullFigure]
+FIGURES = (MapViews, NullFigure)
+
+
+@dataclass
+class MethodResult:
+    """One inference method's outcome for one contrast: outputs to write (in order) and its summary row.
+
+    ``summary`` holds at least ``threshold``, ``n_voxels``, ``n_clusters``, ``peak`` and ``alpha`` (the manifest's and
+    the sweep summary's columns) and ``threshold_text``, how the report states the threshold.
+    """
+
+    method: str
+    outputs: list[OutputRequest] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class BatchResult:
+    """The outcome of one batch of methods on one contrast (e.g. the permutation methods sharing one pass).
+
+    ``shared`` lists outputs common to the batch (written first), ``results`` one :class:`MethodResult` per method.
+    """
+
+    results: dict[str, MethodResult]
+    shared: list[OutputRequest] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def format_number(value: Any, digits: int = 4) -> str:
+    """Numbers for a reader: integers as integers, others with ``digits`` significant digits; n/a for missing."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        if math.isnan(value):
+            return "n/a"
+        if math.isinf(value):
+            return "∞" if value > 0 else "−∞"
+        if value == round(value) and abs(value) < 1e15:
+            return str(int(round(value)))
+        return f"{value:.{digits}g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(format_number(v, digits) for v in value) + "]"
+    return str(value)

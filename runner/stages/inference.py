@@ -1,0 +1,43 @@
+"""Run the correction methods the registry names on every fitted contrast and hand their results to the writers."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Any
+
+from runner.config import RunSettings
+from runner.contrasts import Contrast
+from runner.data.loader import GroupData
+from runner.design import Design
+from runner.glm import ContrastResult
+from runner.inference import registry
+from runner.outputs.method_outputs import write_batch
+from runner.outputs.writer import OutputWriter
+
+
+def run_corrections(writer: OutputWriter, settings: RunSettings, data: GroupData, design: Design,
+                    contrasts: list[Contrast], fitted: dict[str, ContrastResult],
+                    timings: Any = None) -> tuple[dict[str, Any], list[str]]:
+    """Every configured method on every contrast, batch by batch (a family's shared pass is one batch).
+
+    Returns the summary ``{"contrasts": {contrast: {method: row}}}`` and the notes for the report.
+    """
+    summary: dict[str, Any] = {"contrasts": {}}
+    notes: list[str] = []
+    for batch_names in registry.batches(list(settings.correction)):
+        family = registry.get(batch_names[0]).family
+        stage = timings.stage(family) if timings is not None else nullcontext()
+        with stage:
+            for contrast in contrasts:
+                inputs = registry.ContrastInputs(data=data, design=design, contrast=contrast,
+                                                 fit=fitted[contrast.name], settings=settings)
+                method = registry.get(batch_names[0])
+                batch = method.run(inputs, {name: settings.correction[name] for name in batch_names})
+                write_batch(writer, data, contrast.name, batch, settings.report)
+                rows = summary["contrasts"].setdefault(contrast.name, {})
+                for name in batch_names:
+                    result = batch.results[name]
+                    rows[name] = dict(result.summary, family=family)
+                    notes.extend(result.notes)
+                notes.extend(batch.notes)
+    return summary, notes
