@@ -158,7 +158,11 @@ def _transaction(folder: rundir.RunFolder, settings: RunSettings, resolved_confi
                 log.warning("could not settle the failed run in %s", folder.run_dir, exc_info=True)
         raise
     with deferred():
-        folder.commit()
+        try:
+            folder.commit()
+        except rundir.RunDirRefused:  # a file of the user's has the name of an output: keep everything as it was
+            folder.discard()
+            raise
     return {"run_dir": str(folder.run_dir), "status": "complete", **summary}
 
 

@@ -256,7 +256,8 @@ class RunFolder:
     def commit(self) -> None:
         """Make the staged record the folder's record: the previous record's files go, the staged files move in,
         its manifest last. Between the two the folder has no manifest (never one that lies); the journal names every
-        file, so a run killed in between is cleaned by the next one."""
+        file, so a run killed in between is cleaned by the next one. A file of the same name as a staged one that the
+        journal does not name (the user's) is never replaced: RunDirRefused, before anything changed."""
         staged = read_own_manifest(self.staging)
         if staged is None:
             raise RuntimeError(f"no manifest in {self.staging} to commit")
@@ -266,6 +267,11 @@ class RunFolder:
         if missing:  # a record must never list a file it does not have
             raise RuntimeError(f"the staged record lists {missing[0]}, which is not in {self.staging}")
         previous = [n for n in self.journal.names() if n != STAGING_NAME]
+        for name in names + [MANIFEST_NAME]:
+            target = self.run_dir / name
+            if name not in previous and (target.exists() or target.is_symlink()):
+                raise RunDirRefused(f"the run directory {self.run_dir} holds {name}, which this runner did not "
+                                    f"write; move it away or choose another hydra.run.dir")
         self.journal.add(*names, MANIFEST_NAME)
         if MANIFEST_NAME in previous:
             self._remove(MANIFEST_NAME)  # first: from here on no record claims anything
@@ -290,8 +296,11 @@ class RunFolder:
         staged = read_own_manifest(self.staging)
         if self.holds_complete_run or not staged or staged.get("status") not in ("failed", "interrupted"):
             self.discard()
-        else:
+            return
+        try:
             self.commit()
+        except RunDirRefused:  # a file of the user's has the name of a staged one: leave the folder as it was
+            self.discard()
 
     def _remove(self, name: str) -> int:
         """Remove one journaled path: the staging folder (ours, recursively) or a plain file (never a symlink's

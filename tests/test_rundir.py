@@ -21,6 +21,7 @@ import pytest
 from conftest import REPO, run_analysis, run_cli
 from runner.errors import RunnerError
 from test_bad_inputs import manifest_status, run_cli_inprocess, save_map, study  # noqa: F401  (fixture)
+from test_kill import live_log, wait_for_fit
 
 STAGING = ".runner-staging"
 RUNNER_FILES = {"run.log", ".runner.lock", ".runner-journal"}
@@ -48,19 +49,6 @@ def start_held_run(args: list[str], cwd: Path, release: Path) -> subprocess.Pope
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.Popen([sys.executable, "-c", HELD_FIT, str(release), *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def wait_until_fitting(process: subprocess.Popen, run_dir: Path, timeout: float = 120) -> None:
-    log = run_dir / STAGING / "run.log"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if log.is_file() and "fitting OLS" in log.read_text():
-            return
-        if process.poll() is not None:
-            raise AssertionError(f"the run ended before fitting: {process.communicate()}")
-        time.sleep(0.05)
-    process.kill()
-    raise AssertionError("the run never started fitting")
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -131,6 +119,15 @@ def test_user_tmp_files_in_an_own_run_folder_survive_reruns(study):
         assert path.read_text() == text
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["status"] == "complete" and any(e.get("correction") == "fdr" for e in manifest["outputs"])
+
+
+def test_a_users_file_named_like_a_new_output_in_an_own_run_folder_is_never_replaced(study):
+    analysis(study)  # report=false: no report.html in the record
+    (study.run_dir / "report.html").write_text("<p>my own notes</p>")
+    before = snapshot(study.run_dir)
+    with pytest.raises(RunnerError, match="holds report.html, which this runner did not write"):
+        analysis(study, "overwrite=true", "report=true")
+    assert snapshot(study.run_dir) == before
 
 
 @pytest.mark.parametrize("run_dir", [".", "''"])
@@ -207,7 +204,7 @@ def test_two_runs_into_one_folder_one_runs_the_other_is_refused_naming_it(study,
     release = tmp_path / "release"
     first = start_held_run(study.overrides("cache=false"), study.root, release)
     try:
-        wait_until_fitting(first, study.run_dir)
+        wait_for_fit(first, live_log(study.run_dir), timeout=120)
         second = run_cli(study.overrides("cache=false", "correction=[fdr]", "overwrite=true"), cwd=study.root)
     finally:
         release.touch()
@@ -224,7 +221,7 @@ def test_two_runs_into_one_folder_one_runs_the_other_is_refused_naming_it(study,
 @pytest.mark.slow  # a second Python process
 def test_a_lock_left_by_a_killed_run_is_taken_over(study, tmp_path, caplog):
     process = start_held_run(study.overrides("cache=false"), study.root, tmp_path / "never")
-    wait_until_fitting(process, study.run_dir)
+    wait_for_fit(process, live_log(study.run_dir), timeout=120)
     process.kill()
     process.communicate(timeout=60)
     holder = json.loads((study.run_dir / ".runner.lock").read_text())
@@ -267,7 +264,7 @@ def test_sigterm_during_an_overwrite_leaves_the_complete_run_intact(study, tmp_p
     before = snapshot(study.run_dir)
     process = start_held_run(study.overrides("cache=false", "overwrite=true", "correction=[fdr]"), study.root,
                              tmp_path / "never")
-    wait_until_fitting(process, study.run_dir)
+    wait_for_fit(process, live_log(study.run_dir), timeout=120)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 128 + signal.SIGTERM
