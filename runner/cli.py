@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,6 @@ from runner.errors import EXIT_USER_ERROR, RunnerError
 from runner.hydra_setup import register
 from runner.signals import Interrupted
 
-log = logging.getLogger("runner")
 
 _SOURCE_CONF = Path(__file__).resolve().parent.parent / "conf"
 # A source checkout reads conf/ at the top of the repository; an installed package carries it as runner.conf.
@@ -41,23 +39,22 @@ def task(cfg: DictConfig) -> dict[str, Any]:
     run_dir, multirun = _run_dir_and_mode()
     overrides = list(HydraConfig.get().overrides.task)
     try:
-        settings = build_settings(cfg)
+        try:
+            settings = build_settings(cfg)
+        except RunnerError as error:
+            app.record_failure(run_dir, str(error), overrides)  # only where the folder policy allows it
+            raise
         resolved = OmegaConf.to_container(cfg, resolve=True)
         summary = app.run(settings, run_dir, resolved_config=resolved, overrides=overrides)  # type: ignore[arg-type]
         print(f"results: {run_dir}")
         return summary
-    except RunnerError as error:
-        message = f"error: {error}"
-        log.error(message)
-        print(message, file=sys.stderr)
-        _record_failure(run_dir, str(error), overrides)
+    except RunnerError as error:  # run.log (when the run was allowed to write one) has the line already
+        print(f"error: {error}", file=sys.stderr)
         if multirun:
             return {"run_dir": str(run_dir), "status": "failed", "error": str(error)}
         sys.exit(EXIT_USER_ERROR)
-    except Interrupted as stop:  # the manifest already says "interrupted"; stop the whole sweep too
-        message = f"error: {stop}; the run in {run_dir} is incomplete (re-run to redo it)"
-        log.error(message)
-        print(message, file=sys.stderr)
+    except Interrupted as stop:  # the attempt is settled (a complete run kept); stop the whole sweep too
+        print(f"error: {stop}; the run into {run_dir} did not complete (re-run to redo it)", file=sys.stderr)
         sys.exit(stop.exit_code)
     except Exception as error:  # a bug: in a sweep, keep its traceback in run.log and let the other jobs run
         if not multirun:
@@ -66,16 +63,6 @@ def task(cfg: DictConfig) -> dict[str, Any]:
         log.exception(message)
         _record_failure(run_dir, " ".join(message.split()), overrides)
         return {"run_dir": str(run_dir), "status": "crashed", "error": message}
-
-
-def _record_failure(run_dir: Path, error: str, overrides: list[str]) -> None:
-    """Leave a failed manifest for errors raised before the run started (never over a complete run)."""
-    from runner.outputs.manifest import read_manifest
-    from runner.outputs.writer import OutputWriter
-
-    previous = read_manifest(run_dir)
-    if previous is None or previous.get("status") not in ("complete", "failed"):
-        OutputWriter(run_dir).finalize("failed", error=error, overrides=overrides)
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="config", version_base="1.3")

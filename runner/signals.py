@@ -46,3 +46,21 @@ def interruptible(signals: tuple[int, ...] = HANDLED) -> Iterator[None]:
     finally:
         for s, old in previous.items():
             signal.signal(s, old)
+
+
+@contextmanager
+def deferred(signals: tuple[int, ...] = HANDLED) -> Iterator[None]:
+    """Hold SIGTERM/SIGINT back for the block (a few renames that must not stop half-way) and deliver the first
+    one received afterwards, to the handler that was in place before. Does nothing outside the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: received.append(signum)) for s in signals}
+    try:
+        yield
+    finally:
+        for s, old in previous.items():
+            signal.signal(s, old)
+        if received:
+            signal.raise_signal(received[0])

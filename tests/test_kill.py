@@ -1,5 +1,7 @@
 """A run killed mid-fit never looks complete, and a re-run into the same folder cleans what it left.
 
+A run works in the run folder's staging folder (``runner.rundir``), so its live log is ``.runner-staging/run.log``.
+
 The run is a real ``python -m runner`` subprocess whose OLS fit is slowed down (the test wraps ``runner.glm.ols_fit``
 before handing over to the CLI), so the signal reliably lands in the middle of the fit.
 """
@@ -17,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
+from runner.rundir import LOG_NAME, OWN_NAMES, STAGING_NAME
 from test_bad_inputs import manifest_status, run_cli_inprocess, study  # noqa: F401  (study is a fixture)
 
 SLOW_FIT = """
@@ -32,7 +35,7 @@ from runner.cli import main
 sys.argv = ["runner", *sys.argv[2:]]
 main()
 """
-HYDRA_FILES = {"run.log"}
+RUNNER_FILES = {LOG_NAME, *OWN_NAMES}  # the run's log (not listed in the manifest), its lock and its journal
 
 
 def start_slow_run(args: list[str], cwd: Path, seconds_per_chunk: float) -> subprocess.Popen:
@@ -57,7 +60,11 @@ def wait_for_fit(process: subprocess.Popen, log: Path, timeout: float = 60) -> N
 def outputs_not_in_manifest(run_dir: Path) -> set[str]:
     listed = {entry["path"] for entry in json.loads((run_dir / "manifest.json").read_text())["outputs"]}
     present = {p.name for p in run_dir.iterdir() if p.is_file()}
-    return present - listed - HYDRA_FILES - {"manifest.json"}
+    return present - listed - RUNNER_FILES - {"manifest.json"}
+
+
+def live_log(run_dir: Path) -> Path:
+    return run_dir / STAGING_NAME / LOG_NAME
 
 
 @pytest.mark.parametrize("n_jobs", [1, 2])
@@ -66,7 +73,7 @@ def test_sigterm_mid_fit_leaves_an_interrupted_manifest_and_a_rerun_cleans_up(n_
     # worker finishes its chunk (1.5 s here) before the run cleans up.
     process = start_slow_run(study.overrides(f"n_jobs={n_jobs}", "cache=false"), study.root,
                              30.0 if n_jobs == 1 else 1.5)
-    wait_for_fit(process, study.run_dir / "run.log")
+    wait_for_fit(process, live_log(study.run_dir))
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 128 + signal.SIGTERM, stderr
@@ -86,19 +93,21 @@ def test_sigterm_mid_fit_leaves_an_interrupted_manifest_and_a_rerun_cleans_up(n_
 
 def test_sigkill_mid_fit_leaves_no_complete_manifest_and_a_rerun_removes_unlisted_outputs(study, capsys,
                                                                                          monkeypatch):
-    """SIGKILL cannot be caught: the manifest still says "running" and lists nothing, but the journal of names
-    written so far lets the re-run remove them (here the design figure, which the re-run does not make)."""
+    """SIGKILL cannot be caught: the run folder has no manifest (the attempt's "running" one is in the staging
+    folder), and the journal names the staging folder, so the re-run removes it with everything the killed run
+    wrote (here the design figure, which the re-run does not make)."""
     process = start_slow_run(study.overrides("n_jobs=1", "cache=false", "report=true"), study.root, 30.0)
-    wait_for_fit(process, study.run_dir / "run.log")
+    wait_for_fit(process, live_log(study.run_dir))
     process.kill()
     process.communicate(timeout=30)
-    assert manifest_status(study.run_dir) == "running"
-    assert (study.run_dir / "design_matrix.png").is_file()
+    assert manifest_status(study.run_dir) is None
+    assert manifest_status(study.run_dir / STAGING_NAME) == "running"
+    assert (study.run_dir / STAGING_NAME / "design_matrix.png").is_file()
 
     code, _, err = run_cli_inprocess(study.overrides("n_jobs=1", "cache=false"), capsys, monkeypatch)
     assert code == 0, err
     assert manifest_status(study.run_dir) == "complete"
-    assert not (study.run_dir / "design_matrix.png").exists()
+    assert not (study.run_dir / "design_matrix.png").exists() and not (study.run_dir / STAGING_NAME).exists()
     assert not list(study.run_dir.rglob(".tmp-*")) and outputs_not_in_manifest(study.run_dir) == set()
 
 

@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 R = TypeVar("R")
 IN_MEMORY_SHARE = 0.5  # the (maps x voxels) array stays in memory while it takes at most this share of the budget
-TMP_PREFIX = ".tmp-"  # same prefix as runner.outputs.atomic: a re-run removes what an interrupted run left
+TMP_PREFIX = ".tmp-"  # in a run, scratch_dir is the staging folder: a killed run's file goes with that folder
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,8 @@
-"""Atomic file writes: write to a hidden temporary name beside the target, fsync, then rename."""
+"""Atomic file writes: write to a hidden temporary name beside the target, fsync, then rename.
+
+A temporary left by a killed process is never looked for by pattern: run outputs are written inside the run's staging
+folder, which ``runner.rundir`` removes as a whole.
+"""
 
 from __future__ import annotations
 
@@ -50,13 +54,3 @@ def sha256_file(path: Path, block: int = 1 << 20) -> str:
         while chunk := handle.read(block):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def remove_stale_temporaries(folder: Path) -> int:
-    """Delete temporary files left by an interrupted run; return how many were removed."""
-    removed = 0
-    for stale in Path(folder).rglob(TMP_PREFIX + "*"):
-        if stale.is_file():
-            stale.unlink(missing_ok=True)
-            removed += 1
-    return removed

@@ -40,7 +40,7 @@ def write_report(writer: OutputWriter, settings: Any, data: Any, design: Any, co
         ``{"contrasts": {name: {method: {threshold, n_voxels, n_clusters, peak, alpha, threshold_text, ...}}}}``.
     """
     page = ReportPage(writer.run_dir, list(writer.entries), settings, data, design, list(contrasts), fields,
-                      summary).render()
+                      summary, shown_dir=writer.published_dir).render()
     writer.text(page, name=REPORT_NAME, kind="report")
 
 
@@ -48,8 +48,10 @@ class ReportPage:
     """One run's report: :meth:`model` is the page as plain data, :meth:`render` its HTML."""
 
     def __init__(self, run_dir: Path, entries: list[OutputEntry], settings: Any, data: Any, design: Any,
-                 contrasts: list[Any], fields: dict[str, Any], summary: dict[str, Any]) -> None:
-        self._model = ReportModel(run_dir, entries, settings, data, design, contrasts, fields, summary)
+                 contrasts: list[Any], fields: dict[str, Any], summary: dict[str, Any],
+                 shown_dir: Path | None = None) -> None:
+        self._model = ReportModel(run_dir, entries, settings, data, design, contrasts, fields, summary,
+                                  shown_dir=shown_dir)
 
     def model(self) -> dict[str, Any]:
         """The view model the template lays out (build it once per page: figures are read as it is built)."""

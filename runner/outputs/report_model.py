@@ -48,8 +48,10 @@ class ReportModel:
     them, and registered figures whose file cannot be read are listed as missing."""
 
     def __init__(self, run_dir: Path, entries: list[OutputEntry], settings: Any, data: Any, design: Any,
-                 contrasts: list[Any], fields: dict[str, Any], summary: dict[str, Any]) -> None:
-        self.run_dir = Path(run_dir)
+                 contrasts: list[Any], fields: dict[str, Any], summary: dict[str, Any],
+                 shown_dir: Path | None = None) -> None:
+        self.run_dir = Path(run_dir)  # where the files are read now (the staging folder while the run is on)
+        self.shown_dir = Path(shown_dir or run_dir)  # where the reader finds them
         self.entries = list(entries)
         self.settings = settings
         self.data = data
@@ -86,7 +88,7 @@ class ReportModel:
         return page
 
     def analysis_name(self) -> str:
-        return str(getattr(self.settings, "name", "") or self.run_dir.name)
+        return str(getattr(self.settings, "name", "") or self.shown_dir.name)
 
     def header(self) -> dict[str, Any]:
         n_maps = getattr(self.data, "n_maps", self.fields.get("n_maps"))
@@ -95,7 +97,7 @@ class ReportModel:
         facts = [count(n_maps, "map"), f"{count(n_voxels, 'voxel')} in the mask",
                  count(len(self.contrast_names), "contrast"),
                  "corrections: " + (", ".join(methods) if methods else "none")]
-        return {"name": self.analysis_name(), "facts": facts, "run_dir": str(self.run_dir),
+        return {"name": self.analysis_name(), "facts": facts, "run_dir": str(self.shown_dir),
                 "written": self.written()}
 
     def written(self) -> str | None:

@@ -16,9 +16,9 @@ import pandas as pd
 from runner.errors import RunnerError
 from runner.outputs import naming
 from runner.outputs.atomic import sha256_file, write_atomic, write_text_atomic
+from runner.rundir import MANIFEST_FORMAT, MANIFEST_FORMAT_VERSION, MANIFEST_NAME
 
-MANIFEST_NAME = "manifest.json"
-JOURNAL_NAME = ".outputs-journal"  # names of outputs about to be written; removed once the run is complete
+__all__ = ["MANIFEST_NAME", "OutputEntry", "OutputWriter", "nifti_gz_bytes"]
 
 
 @dataclass
@@ -52,16 +52,21 @@ def nifti_gz_bytes(volume: np.ndarray, affine: np.ndarray) -> bytes:
 
 
 class OutputWriter:
-    """Write every output of a run atomically under ``run_dir`` and keep the manifest entries."""
+    """Write every output of a run atomically under ``run_dir`` and keep the manifest entries.
 
-    def __init__(self, run_dir: Path) -> None:
+    ``run_dir`` is the run's staging folder (``runner.rundir``): the folder is removed as a whole when the run is
+    dropped, so the writer keeps no journal of its own and its temporaries need no clean-up by pattern.
+    """
+
+    def __init__(self, run_dir: Path, published_dir: Path | None = None) -> None:
         self.run_dir = Path(run_dir).resolve()
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.published_dir = Path(published_dir).resolve() if published_dir else self.run_dir  # where they end up
         self.entries: list[OutputEntry] = []
 
     # -- paths -----------------------------------------------------------------------------------------------
     def _target(self, name: str) -> Path:
-        """The path of a new output; its name is journaled first, so a re-run can remove it if this run dies."""
+        """The path of a new output: a plain file name in the run directory, used once."""
         target = (self.run_dir / name).resolve()
         if ("/" in name or "\\" in name or "\x00" in name or name.startswith(".")
                 or target.parent != self.run_dir):
@@ -71,8 +76,6 @@ class OutputWriter:
             raise RunnerError(
                 f"two outputs would both be named {name!r}; give the contrasts names that differ "
                 "in their letters or digits")
-        with open(self.run_dir / JOURNAL_NAME, "a", encoding="utf-8") as journal:
-            journal.write(name + "\n")
         return target
 
     def _register(self, name: str, target: Path, kind: str, **meta: Any) -> Path:
@@ -135,41 +138,17 @@ class OutputWriter:
     # -- manifest --------------------------------------------------------------------------------------------
     def manifest(self, status: str, **fields: Any) -> dict[str, Any]:
         """The manifest as a dict (outputs in write order)."""
-        record = {"status": status, "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        record = {"format": MANIFEST_FORMAT, "format_version": MANIFEST_FORMAT_VERSION, "status": status,
+                  "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         record.update(fields)
         record["outputs"] = [e.to_dict() for e in self.entries]
         return record
 
     def finalize(self, status: str, **fields: Any) -> Path:
-        """Write manifest.json last and atomically (a complete run then drops its journal)."""
+        """Write manifest.json last and atomically."""
         record = self.manifest(status, **fields)
         text = json.dumps(_jsonable(record), indent=2, sort_keys=False, allow_nan=False)
-        path = write_text_atomic(self.run_dir / MANIFEST_NAME, text + "\n")
-        if status == "complete":
-            (self.run_dir / JOURNAL_NAME).unlink(missing_ok=True)
-        return path
-
-
-def remove_partial_outputs(run_dir: Path, previous: dict[str, Any] | None) -> int:
-    """Delete what an earlier run into ``run_dir`` wrote: the outputs its manifest lists, those its journal names
-    (written, or being written, before they were registered), then the journal and the manifest.
-
-    Returns the number of output files removed. Only plain files inside ``run_dir`` are touched.
-    """
-    run_dir = Path(run_dir).resolve()
-    names = [str(entry.get("path", "")) for entry in (previous or {}).get("outputs", [])]
-    journal = run_dir / JOURNAL_NAME
-    if journal.is_file():
-        names += journal.read_text(encoding="utf-8", errors="replace").splitlines()
-    removed = 0
-    for name in dict.fromkeys(n for n in names if n):
-        target = (run_dir / name).resolve()
-        if target.parent == run_dir and target.is_file() and target.name not in (MANIFEST_NAME, JOURNAL_NAME):
-            target.unlink()
-            removed += 1
-    journal.unlink(missing_ok=True)
-    (run_dir / MANIFEST_NAME).unlink(missing_ok=True)
-    return removed
+        return write_text_atomic(self.run_dir / MANIFEST_NAME, text + "\n")
 
 
 def _jsonable(value: Any) -> Any:
