@@ -137,7 +137,10 @@ def _transaction(folder: rundir.RunFolder, settings: RunSettings, resolved_confi
             except BaseException as error:
                 line = str(error).splitlines()[0] if str(error) else type(error).__name__
                 fields.update(error=line, timings=dict(timings), elapsed_seconds=round(time.time() - started, 3))
-                log.error("error: %s", line)
+                if isinstance(error, Exception) and not isinstance(error, RunnerError):
+                    log.exception("internal error (a bug): %s: %s", type(error).__name__, line)  # keep the traceback
+                else:
+                    log.error("error: %s", line)
                 try:
                     writer.finalize("failed" if isinstance(error, Exception) else "interrupted", **fields)
                 except Exception:  # never hide the original error behind a manifest problem

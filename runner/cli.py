@@ -60,9 +60,8 @@ def task(cfg: DictConfig) -> dict[str, Any]:
         if not multirun:
             raise
         message = f"internal error (a bug; the traceback is in run.log): {type(error).__name__}: {error}"
-        log.exception(message)
-        _record_failure(run_dir, " ".join(message.split()), overrides)
-        return {"run_dir": str(run_dir), "status": "crashed", "error": message}
+        print(f"error: {' '.join(message.split())}", file=sys.stderr)
+        return {"run_dir": str(run_dir), "status": "crashed", "error": " ".join(message.split())}
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="config", version_base="1.3")
