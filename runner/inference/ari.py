@@ -18,7 +18,7 @@ from scipy.stats import norm
 
 from runner.errors import RunnerError
 from runner.inference.clusters import DEFAULT_CONNECTIVITY, label, label_maxima, voxel_volume
-from runner.inference.parametric import check_alpha, finite_values
+from runner.inference.parametric import check_alpha
 
 DEFAULT_THRESHOLDS = (3.0,)
 
@@ -165,10 +165,13 @@ def cluster_tdp(
         raise RunnerError(f"ARI needs a 3D z map and a mask of the same shape, got {z3d.shape} and {mask.shape}")
     if not mask.any():
         raise RunnerError("ARI: the mask is empty")
-    z_map = np.zeros(z3d.shape)
-    z_map[mask] = finite_values(z3d[mask])
+    # voxels without a statistic (NaN) are not hypotheses: never in a cluster and not counted in Hommel's m
+    tested = mask & np.isfinite(z3d)
+    if not tested.any():
+        raise RunnerError("ARI: no voxel of the mask has a statistic")
+    z_map = np.where(tested, z3d, 0.0)
     p_map = norm.sf(z_map)
-    hommel = hommel_value(p_map[mask], alpha)
+    hommel = hommel_value(p_map[tested], alpha)
 
     tdp_map = np.zeros(z3d.shape)
     rows: list[dict] = []

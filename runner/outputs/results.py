@@ -111,8 +111,8 @@ def parametric_inference(writer: OutputWriter, data: GroupData, contrast: Contra
                          method: str, params: Any, report: bool = True) -> dict[str, Any]:
     """Threshold one contrast's z map with fpr/fdr/bonferroni, write the map, its cluster table and figures."""
     two_sided = effective_two_sided(result, params.two_sided)
+    threshold = parametric.height_threshold(result.z, method, params.alpha, two_sided)  # NaN z: not a test
     z = np.where(np.isfinite(result.z), result.z, 0.0)
-    threshold = parametric.height_threshold(z, method, params.alpha, two_sided)
     z3d = data.unmask(z)
     thresholded = clusters.threshold_map(z3d, data.mask, threshold, params.cluster_threshold, two_sided)
     table = clusters.cluster_table(z3d, data.affine, threshold, params.cluster_threshold, two_sided)
