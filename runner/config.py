@@ -47,6 +47,12 @@ def _tfce_step(name: str, value: Any) -> None:
         raise RunnerError(f"{name} must be a positive number, null (max/100) or exact, got {value!r}")
 
 
+def _subject_pattern(name: str, value: str) -> None:
+    from runner.data.patterns import check_pattern
+
+    check_pattern(value, name)
+
+
 def _check(fn) -> dict[str, Any]:
     return {"check": fn}
 
@@ -61,7 +67,7 @@ class DataConfig:
     path_column: str = "path"
     glob: Optional[str] = None  # pattern of map files, joined to `participants` on the BIDS subject label
     participants: Optional[str] = None
-    subject_pattern: str = SUBJECT_PATTERN
+    subject_pattern: str = field(default=SUBJECT_PATTERN, metadata=_check(_subject_pattern))
     subject_column: Optional[str] = None
     image_4d: Optional[str] = None  # one 4D NIfTI, one row of `table` per volume
     query: Optional[str] = None  # pandas query selecting rows
@@ -123,7 +129,7 @@ class PermutationCorrection:
 
     alpha: float = field(default=0.05, metadata=_check(_in_open_unit))
     n_permutations: int = field(default=10000, metadata=_check(_positive))
-    seed: Optional[int] = None  # default: the run's seed
+    seed: Optional[int] = field(default=None, metadata=_check(_non_negative))  # default: the run's seed
     two_sided: bool = True
     method: str = field(default="freedman_lane", metadata=_check(_one_of("freedman_lane", "ter_braak", "manly")))
     exchangeability_blocks: Optional[str] = None  # table column
@@ -228,6 +234,7 @@ def build_settings(config: Any) -> RunSettings:
                            **{k: _coerce(f"{k}", v, _field_types(RunSettings)[k]) for k, v in top.items()})
     if settings.n_jobs < 1:
         raise RunnerError(f"n_jobs must be >= 1, got {settings.n_jobs}")
+    _non_negative("seed", settings.seed)  # numpy seeds are non-negative integers
     if settings.memory_budget_gb is not None:
         _positive("memory_budget_gb", settings.memory_budget_gb)
     sources = [k for k in ("demo", "table", "glob") if getattr(data, k)]
@@ -235,6 +242,9 @@ def build_settings(config: Any) -> RunSettings:
         raise RunnerError("no input data: set data.table, data.glob, data.image_4d or data.demo")
     if design.formula is None and design.matrix is None:
         raise RunnerError("set design.formula (e.g. '1') or design.matrix")
+    if design.matrix is not None and design.formula not in (None, "1"):
+        raise RunnerError(f"design.formula {design.formula!r} and design.matrix {design.matrix} are both set; "
+                          "the matrix is used as it is, so drop the formula (design.formula=null) or the matrix")
     return settings
 
 
