@@ -33,6 +33,7 @@ from runner.outputs.atomic import remove_stale_temporaries
 from runner.outputs.manifest import read_manifest
 from runner.outputs.naming import check_distinct_labels
 from runner.outputs.writer import OutputWriter, remove_partial_outputs
+from runner.preflight import check_analysis
 from runner.signals import interruptible
 
 log = logging.getLogger("runner")
@@ -199,6 +200,7 @@ def _run_stages(settings: RunSettings, writer: OutputWriter, timings: Timings, r
         design, inputs = make_design(settings, inputs)
         contrasts = make_contrasts(settings, design)
         checked = validate_inputs(inputs, settings.data)  # every header, before any voxel is decoded
+        check_analysis(settings, design, checked.grid.shape)  # blocks, permutation memory, figure grid
     with timings.stage("load"):
         data, fields["data_cache"] = load_with_progress(inputs, settings, checked, writer.run_dir)
     fields["inputs"] = [{"path": str(ref), "sha256": data.input_sha256.get(str(ref.path))} for ref in data.inputs]

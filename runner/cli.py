@@ -37,20 +37,26 @@ def task(cfg: DictConfig) -> dict[str, Any]:
 
     from runner import app
     from runner.config import build_settings
+    from runner.outputs.writer import storage_errors
 
     run_dir, multirun = _run_dir_and_mode()
     overrides = list(HydraConfig.get().overrides.task)
     try:
         settings = build_settings(cfg)
         resolved = OmegaConf.to_container(cfg, resolve=True)
-        summary = app.run(settings, run_dir, resolved_config=resolved, overrides=overrides)  # type: ignore[arg-type]
+        with storage_errors():  # a full disk, a file-size limit, a read-only folder: one line, not a traceback
+            summary = app.run(settings, run_dir, resolved_config=resolved,  # type: ignore[arg-type]
+                              overrides=overrides)
         print(f"results: {run_dir}")
         return summary
     except RunnerError as error:
         message = f"error: {error}"
         log.error(message)
         print(message, file=sys.stderr)
-        _record_failure(run_dir, str(error), overrides)
+        try:
+            _record_failure(run_dir, str(error), overrides)
+        except (RunnerError, OSError):  # the storage that refused the run may refuse the record too
+            pass
         if multirun:
             return {"run_dir": str(run_dir), "status": "failed", "error": str(error)}
         sys.exit(EXIT_USER_ERROR)

@@ -5,15 +5,16 @@ from __future__ import annotations
 import gzip
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from runner.errors import RunnerError
+from runner.errors import RunnerError, storage_error
 from runner.outputs import naming
 from runner.outputs.atomic import sha256_file, write_atomic, write_text_atomic
 
@@ -56,7 +57,8 @@ class OutputWriter:
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = Path(run_dir).resolve()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with storage_errors("create"):
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         self.entries: list[OutputEntry] = []
 
     # -- paths -----------------------------------------------------------------------------------------------
@@ -71,8 +73,12 @@ class OutputWriter:
             raise RunnerError(
                 f"two outputs would both be named {name!r}; give the contrasts names that differ "
                 "in their letters or digits")
-        with open(self.run_dir / JOURNAL_NAME, "a", encoding="utf-8") as journal:
-            journal.write(name + "\n")
+        if target.is_dir():
+            raise RunnerError(f"cannot write output {name}: {target} is a folder; move it away or choose another "
+                              "hydra.run.dir")
+        with storage_errors():
+            with open(self.run_dir / JOURNAL_NAME, "a", encoding="utf-8") as journal:
+                journal.write(name + "\n")
         return target
 
     def _register(self, name: str, target: Path, kind: str, **meta: Any) -> Path:
@@ -92,7 +98,8 @@ class OutputWriter:
         name = name or naming.map_name(contrast, stat, correction)
         target = self._target(name)
         payload = nifti_gz_bytes(volume, affine)
-        write_atomic(target, lambda tmp: tmp.write_bytes(payload))
+        with storage_errors():
+            write_atomic(target, lambda tmp: tmp.write_bytes(payload))
         return self._register(name, target, "map", contrast=contrast, stat=stat, correction=correction,
                               alpha=alpha, threshold=threshold, **extra)
 
@@ -102,7 +109,8 @@ class OutputWriter:
         """Write a TSV table (``n/a`` for missing values, as BIDS asks): ``[contrast-<c>_][corr-<m>_]<suffix>.tsv``."""
         name = name or naming.table_name(suffix, contrast=contrast, correction=correction)
         target = self._target(name)
-        write_atomic(target, lambda tmp: frame.to_csv(tmp, sep="\t", index=False, na_rep="n/a"))
+        with storage_errors():
+            write_atomic(target, lambda tmp: frame.to_csv(tmp, sep="\t", index=False, na_rep="n/a"))
         return self._register(name, target, kind, contrast=contrast, stat=stat, correction=correction,
                               alpha=alpha, threshold=threshold, **extra)
 
@@ -115,7 +123,8 @@ class OutputWriter:
             name += ".png"
         target = self._target(name)
         try:
-            write_atomic(target, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight"))
+            with storage_errors():
+                write_atomic(target, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight"))
         finally:
             plt.close(fig)
         return self._register(name, target, "figure", contrast=contrast, stat=stat, correction=correction,
@@ -124,7 +133,8 @@ class OutputWriter:
     def text(self, content: str, *, name: str, kind: str = "text", **extra: Any) -> Path:
         """Write a text file (config, report)."""
         target = self._target(name)
-        write_text_atomic(target, content)
+        with storage_errors():
+            write_text_atomic(target, content)
         return self._register(name, target, kind, **extra)
 
     def register_existing(self, name: str, kind: str, **meta: Any) -> Path:
@@ -144,10 +154,23 @@ class OutputWriter:
         """Write manifest.json last and atomically (a complete run then drops its journal)."""
         record = self.manifest(status, **fields)
         text = json.dumps(_jsonable(record), indent=2, sort_keys=False, allow_nan=False)
-        path = write_text_atomic(self.run_dir / MANIFEST_NAME, text + "\n")
+        with storage_errors():
+            path = write_text_atomic(self.run_dir / MANIFEST_NAME, text + "\n")
         if status == "complete":
             (self.run_dir / JOURNAL_NAME).unlink(missing_ok=True)
         return path
+
+
+@contextmanager
+def storage_errors(action: str = "write") -> Iterator[None]:
+    """Turn the storage's refusals (full disk, file-size limit, read-only, a folder in the way) into one line."""
+    try:
+        yield
+    except OSError as error:
+        converted = storage_error(error, action)
+        if converted is None:
+            raise
+        raise converted from None
 
 
 def remove_partial_outputs(run_dir: Path, previous: dict[str, Any] | None) -> int:
