@@ -50,12 +50,13 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     return f"valid names: {shown}{more}"
 
 
-def storage_error(error: OSError, action: str = "write") -> RunnerError | None:
+def storage_error(error: OSError, action: str = "write", path: object = None) -> RunnerError | None:
     """A one-line RunnerError for an OSError from the storage (full disk, file-size limit, read-only, permission),
-    naming the file and what to do; None for other errors (they are bugs and keep their traceback)."""
+    naming the file (``path`` when the error does not say) and what to do; None for other errors (they are bugs
+    and keep their traceback)."""
     if error.errno not in STORAGE_ERRNOS:
         return None
-    where = error.filename or "a file"
+    where = error.filename or path or "a file"
     reason = error.strerror or str(error)
     hints = {errno.ENOSPC: "free disk space or choose another hydra.run.dir / output_root",
              errno.EDQUOT: "free space within your quota or choose another hydra.run.dir / output_root",

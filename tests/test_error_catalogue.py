@@ -161,7 +161,7 @@ def full_disk(root):
     for path in (root / "maps").iterdir():
         path.unlink()
     make_study(root, shape=(24, 24, 24))
-    return Setup([], "File too large", preexec_fn=file_size_limit, log_must_hold_error=True)
+    return Setup([], f"cannot write {root / 'run'}", preexec_fn=file_size_limit, log_must_hold_error=True)
 
 
 def negative_seed(root):

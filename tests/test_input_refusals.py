@@ -91,6 +91,22 @@ def test_run_directory_checks(tmp_path):
     assert not (tmp_path / "fresh").exists()  # and the check made nothing
 
 
+def test_a_full_disk_is_named_with_the_file_and_what_to_do(tmp_path, monkeypatch):
+    import errno
+
+    from runner.outputs import writer as writer_module
+
+    def no_space(target, write):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    writer = writer_module.OutputWriter(tmp_path / "run")
+    monkeypatch.setattr(writer_module, "write_atomic", no_space)
+    with pytest.raises(RunnerError, match=r"cannot write .*run/contrast-a_stat-z_statmap.nii.gz: No space left on "
+                                          r"device; free disk space") as error:
+        writer.map(np.zeros(SHAPE), AFFINE, contrast="a", stat="z")
+    assert "\n" not in str(error.value)
+
+
 # -- bounded user expressions ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("pattern", [r"sub-([A-Za-z0-9]+)", r"sub-(\d+)_ses-(\w+)", r"(?:sub|subj)-(\w+)",
                                      r"([a-z]{2})+-(\d+)"])

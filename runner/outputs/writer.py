@@ -57,7 +57,7 @@ class OutputWriter:
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = Path(run_dir).resolve()
-        with storage_errors("create"):
+        with storage_errors("create", self.run_dir):
             self.run_dir.mkdir(parents=True, exist_ok=True)
         self.entries: list[OutputEntry] = []
 
@@ -76,7 +76,7 @@ class OutputWriter:
         if target.is_dir():
             raise RunnerError(f"cannot write output {name}: {target} is a folder; move it away or choose another "
                               "hydra.run.dir")
-        with storage_errors():
+        with storage_errors(path=self.run_dir / JOURNAL_NAME):
             with open(self.run_dir / JOURNAL_NAME, "a", encoding="utf-8") as journal:
                 journal.write(name + "\n")
         return target
@@ -98,7 +98,7 @@ class OutputWriter:
         name = name or naming.map_name(contrast, stat, correction)
         target = self._target(name)
         payload = nifti_gz_bytes(volume, affine)
-        with storage_errors():
+        with storage_errors(path=target):
             write_atomic(target, lambda tmp: tmp.write_bytes(payload))
         return self._register(name, target, "map", contrast=contrast, stat=stat, correction=correction,
                               alpha=alpha, threshold=threshold, **extra)
@@ -109,7 +109,7 @@ class OutputWriter:
         """Write a TSV table (``n/a`` for missing values, as BIDS asks): ``[contrast-<c>_][corr-<m>_]<suffix>.tsv``."""
         name = name or naming.table_name(suffix, contrast=contrast, correction=correction)
         target = self._target(name)
-        with storage_errors():
+        with storage_errors(path=target):
             write_atomic(target, lambda tmp: frame.to_csv(tmp, sep="\t", index=False, na_rep="n/a"))
         return self._register(name, target, kind, contrast=contrast, stat=stat, correction=correction,
                               alpha=alpha, threshold=threshold, **extra)
@@ -123,7 +123,7 @@ class OutputWriter:
             name += ".png"
         target = self._target(name)
         try:
-            with storage_errors():
+            with storage_errors(path=target):
                 write_atomic(target, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight"))
         finally:
             plt.close(fig)
@@ -133,7 +133,7 @@ class OutputWriter:
     def text(self, content: str, *, name: str, kind: str = "text", **extra: Any) -> Path:
         """Write a text file (config, report)."""
         target = self._target(name)
-        with storage_errors():
+        with storage_errors(path=target):
             write_text_atomic(target, content)
         return self._register(name, target, kind, **extra)
 
@@ -154,7 +154,7 @@ class OutputWriter:
         """Write manifest.json last and atomically (a complete run then drops its journal)."""
         record = self.manifest(status, **fields)
         text = json.dumps(_jsonable(record), indent=2, sort_keys=False, allow_nan=False)
-        with storage_errors():
+        with storage_errors(path=self.run_dir / MANIFEST_NAME):
             path = write_text_atomic(self.run_dir / MANIFEST_NAME, text + "\n")
         if status == "complete":
             (self.run_dir / JOURNAL_NAME).unlink(missing_ok=True)
@@ -162,12 +162,13 @@ class OutputWriter:
 
 
 @contextmanager
-def storage_errors(action: str = "write") -> Iterator[None]:
-    """Turn the storage's refusals (full disk, file-size limit, read-only, a folder in the way) into one line."""
+def storage_errors(action: str = "write", path: Path | None = None) -> Iterator[None]:
+    """Turn the storage's refusals (full disk, file-size limit, read-only, a folder in the way) into one line
+    naming ``path`` (when the error itself names no file)."""
     try:
         yield
     except OSError as error:
-        converted = storage_error(error, action)
+        converted = storage_error(error, action, path)
         if converted is None:
             raise
         raise converted from None
