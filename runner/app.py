@@ -182,5 +182,5 @@ def record_failure(run_dir: Path, error: str, overrides: list[str] | None = None
             OutputWriter(staging).finalize("failed", error=error, overrides=overrides or [])
             with deferred():
                 folder.commit()
-    except RunnerError:
+    except (RunnerError, OSError):  # the folder is refused, or the storage that refused the run refuses this too
         pass

@@ -35,6 +35,7 @@ def task(cfg: DictConfig) -> dict[str, Any]:
 
     from runner import app
     from runner.config import build_settings
+    from runner.outputs.writer import storage_errors
 
     run_dir, multirun = _run_dir_and_mode()
     overrides = list(HydraConfig.get().overrides.task)
@@ -45,7 +46,9 @@ def task(cfg: DictConfig) -> dict[str, Any]:
             app.record_failure(run_dir, str(error), overrides)  # only where the folder policy allows it
             raise
         resolved = OmegaConf.to_container(cfg, resolve=True)
-        summary = app.run(settings, run_dir, resolved_config=resolved, overrides=overrides)  # type: ignore[arg-type]
+        with storage_errors():  # a full disk, a file-size limit, a read-only folder: one line, not a traceback
+            summary = app.run(settings, run_dir, resolved_config=resolved,  # type: ignore[arg-type]
+                              overrides=overrides)
         print(f"results: {run_dir}")
         return summary
     except RunnerError as error:  # run.log (when the run was allowed to write one) has the line already

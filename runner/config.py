@@ -14,7 +14,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
-from runner.checks import check, non_negative, one_of, positive
+from runner.checks import check, non_negative, one_of, positive, subject_pattern
 from runner.errors import RunnerError, closest, did_you_mean
 
 SUBJECT_PATTERN = r"sub-([A-Za-z0-9]+)"
@@ -30,7 +30,7 @@ class DataConfig:
     path_column: str = "path"
     glob: Optional[str] = None  # pattern of map files, joined to `participants` on the BIDS subject label
     participants: Optional[str] = None
-    subject_pattern: str = SUBJECT_PATTERN
+    subject_pattern: str = field(default=SUBJECT_PATTERN, metadata=check(subject_pattern))
     subject_column: Optional[str] = None
     image_4d: Optional[str] = None  # one 4D NIfTI, one row of `table` per volume
     query: Optional[str] = None  # pandas query selecting rows
@@ -106,6 +106,7 @@ def build_settings(config: Any) -> RunSettings:
                            **{k: _coerce(f"{k}", v, _field_types(RunSettings)[k]) for k, v in top.items()})
     if settings.n_jobs < 1:
         raise RunnerError(f"n_jobs must be >= 1, got {settings.n_jobs}")
+    non_negative("seed", settings.seed)  # numpy seeds are non-negative integers
     if settings.memory_budget_gb is not None:
         positive("memory_budget_gb", settings.memory_budget_gb)
     positive("cache_max_gb", settings.cache_max_gb)
@@ -114,6 +115,9 @@ def build_settings(config: Any) -> RunSettings:
         raise RunnerError("no input data: set data.table, data.glob, data.image_4d or data.demo")
     if design.formula is None and design.matrix is None:
         raise RunnerError("set design.formula (e.g. '1') or design.matrix")
+    if design.matrix is not None and design.formula not in (None, "1"):
+        raise RunnerError(f"design.formula {design.formula!r} and design.matrix {design.matrix} are both set; "
+                          "the matrix is used as it is, so drop the formula (design.formula=null) or the matrix")
     return settings
 
 

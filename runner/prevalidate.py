@@ -7,7 +7,9 @@ each job validates its own values again when it starts) and converted into the t
 
 from __future__ import annotations
 
+import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -139,14 +141,82 @@ def prevalidate(argv: list[str], config_dir: str, config_name: str = "config") -
     for override in parsed:
         if override.is_delete():
             continue
+        if override.key_or_group == "experiment":
+            check_preset_names(override)
         if not override.is_add() and not override.is_force_add():
             check_key(override.key_or_group)
-    config = compose(config_dir, args.config_name or config_name, overrides, args.config_dir)
-    return build_settings(config)
+    config = compose(config_dir, args.config_name or config_name, overrides, args.config_dir, with_hydra=True)
+    run_dir = None if args.multirun else _select(config, "hydra.run.dir")
+    log_name = _select(config, "hydra.job.name") or "run"
+    from omegaconf import open_dict
+
+    with open_dict(config):
+        config.pop("hydra", None)
+    settings = build_settings(config)
+    if run_dir:
+        check_run_dir(Path(run_dir), log_name=f"{log_name}.log")
+    return settings
 
 
-def compose(config_dir: str, config_name: str, overrides: list[str], user_config_dir: str | None = None) -> Any:
-    """Compose the config as Hydra would for the command line; composition errors become one line."""
+PRESET_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")
+
+
+def check_preset_names(override: Any) -> None:
+    """``+experiment=`` takes the name of a preset in the config search path, never a path (``../../etc/x``)."""
+    values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
+    for value in values:
+        if not isinstance(value, str) or not PRESET_NAME.fullmatch(value):
+            raise RunnerError(f"experiment={value!r} is not a preset name: give the name of a file in conf/experiment "
+                              "without folder or extension (e.g. +experiment=one_sample); put your own presets in "
+                              "a folder passed with --config-dir")
+
+
+def _select(config: Any, key: str) -> str | None:
+    """A value of the composed Hydra config, or None when it cannot be resolved here."""
+    from omegaconf import OmegaConf
+
+    try:
+        value = OmegaConf.select(config, key)
+    except Exception:  # an interpolation only Hydra's runtime can resolve
+        return None
+    return None if value is None else str(value)
+
+
+def check_run_dir(run_dir: Path, log_name: str = "run.log") -> None:
+    """Refuse, before Hydra makes it, a run directory that is a file, lies under a file, or cannot be written.
+
+    Writability is probed with an anonymous temporary file (no name appears in the folder) in the run directory,
+    or in its nearest existing parent when it does not exist yet.
+    """
+    run_dir = Path(os.path.abspath(run_dir))
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunnerError(f"hydra.run.dir {run_dir} is a file, not a folder; choose another hydra.run.dir")
+    existing = run_dir
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise RunnerError(f"hydra.run.dir {run_dir} cannot be made: {existing} is a file, not a folder; choose "
+                          "another hydra.run.dir")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        where = "is not writable" if existing == run_dir else f"cannot be made: {existing} is not writable"
+        raise RunnerError(f"hydra.run.dir {run_dir} {where} ({error.strerror or error}); choose a folder you can "
+                          "write to") from None
+    for name, folder in ((log_name, False), (".hydra", True)):
+        path = run_dir / name
+        if path.exists() and path.is_dir() != folder:
+            kind = "a folder" if path.is_dir() else "a file"
+            raise RunnerError(f"hydra.run.dir {run_dir} holds {kind} named {name}, where the runner writes its "
+                              f"{'log' if name == log_name else 'config record'}; move it away or choose another "
+                              "hydra.run.dir")
+
+
+def compose(config_dir: str, config_name: str, overrides: list[str], user_config_dir: str | None = None,
+            with_hydra: bool = False) -> Any:
+    """Compose the config as Hydra would for the command line (with its ``hydra`` node when ``with_hydra``);
+    composition errors become one line."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -170,7 +240,8 @@ def compose(config_dir: str, config_name: str, overrides: list[str], user_config
         else:
             context = initialize_config_dir(config_dir=config_dir, version_base="1.3")
         with context:
-            return hydra_compose(config_name=config_name, overrides=overrides + extra)
+            return hydra_compose(config_name=config_name, overrides=overrides + extra,
+                                 return_hydra_config=with_hydra)
     except Exception as error:  # Hydra's composition errors (missing option, bad override) have many types
         typed = _omegaconf_cause(error, OmegaConfBaseException)
         if typed is not None:

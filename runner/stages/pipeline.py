@@ -9,6 +9,7 @@ import yaml
 from runner.config import RunSettings
 from runner.data.loader import validate_inputs
 from runner.outputs import results
+from runner.preflight import check_analysis
 from runner.outputs.writer import OutputWriter
 from runner.stages import model as model_stage
 from runner.stages.inference import run_corrections
@@ -24,6 +25,7 @@ def run_stages(settings: RunSettings, writer: OutputWriter, timings: Any, resolv
         design, inputs = make_design(settings, inputs)
         contrasts = make_contrasts(settings, design)
         checked = validate_inputs(inputs, settings.data)  # every header, before any voxel is decoded
+        check_analysis(settings, design, checked.grid.shape)  # blocks, permutation memory, figure grid
     with timings.stage("load"):
         data, fields["data_cache"] = load_with_progress(inputs, settings, checked, writer.run_dir)
     fields["inputs"] = [{"path": str(ref), "sha256": data.input_sha256.get(str(ref.path))} for ref in data.inputs]
