@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from runner.chunks import memory_budget_bytes
-from runner.config import PERMUTATION, RunSettings
+from runner.config import RunSettings
 from runner.design import Design
 from runner.errors import RunnerError, did_you_mean
 
@@ -29,7 +29,9 @@ MIN_FIGURE_VOXELS = 2  # slices and projections need at least two voxels along e
 
 def check_analysis(settings: RunSettings, design: Design, grid_shape: Sequence[int]) -> None:
     """Refuse what cannot run before the maps are loaded (see the module docstring)."""
-    methods = {m: p for m, p in settings.correction.items() if m in PERMUTATION}
+    from runner.inference import registry
+
+    methods = {m: p for m, p in settings.correction.items() if registry.get(m).family == "permutation"}
     for method, params in methods.items():
         check_block_column(design.table, params.exchangeability_blocks, f"correction.{method}.exchangeability_blocks")
     if methods:
