@@ -36,13 +36,13 @@ def task(cfg: DictConfig) -> dict[str, Any]:
     from hydra.core.hydra_config import HydraConfig
 
     from runner import app
-    from runner.config import build_settings
+    from runner.config import build_settings, recorded_config
 
     run_dir, multirun = _run_dir_and_mode()
     overrides = list(HydraConfig.get().overrides.task)
     try:
         settings = build_settings(cfg)
-        resolved = OmegaConf.to_container(cfg, resolve=True)
+        resolved = recorded_config(settings, OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
         summary = app.run(settings, run_dir, resolved_config=resolved, overrides=overrides)  # type: ignore[arg-type]
         print(f"results: {run_dir}")
         return summary

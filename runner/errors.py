@@ -9,8 +9,11 @@ from collections.abc import Iterable
 EXIT_USER_ERROR = 2
 
 
-class RunnerError(Exception):
-    """A problem with the user's inputs or configuration, reported as one line without a traceback."""
+class RunnerError(ValueError):
+    """A problem with the user's inputs or configuration, reported as one line without a traceback.
+
+    A ValueError, so pure functions can raise it (or callers catch it) without knowing about the command line.
+    """
 
     def __init__(self, message: str) -> None:
         super().__init__(" ".join(str(message).split()))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import run_cli
+from conftest import CONF, run_cli
+from runner.errors import RunnerError
 from runner.hydra_setup import safe_dirname
 
 
@@ -18,10 +19,17 @@ from runner.hydra_setup import safe_dirname
     ("correction=[fdr,fdrr]", "correction/fdrr"),
     ("sed=3", "unknown key sed — did you mean seed?"),
     ("n_jobs=0", "n_jobs must be >= 1, got 0"),
+    ("correction=[fpr] correction.fdr.alpha=0.1",
+     "correction.fdr.alpha: fdr is not among the chosen corrections; choose it too: correction=[fpr,fdr]"),
+    ("+seed=3", "seed is already set: write seed=3 to change it"),
+    ("seed=${nope}", "seed: Interpolation key 'nope' not found"),
+    ("-m data.smoothing_fwhm=0,6,abc", "data.smoothing_fwhm must be a number, got 'abc'"),  # a later sweep value
+    ("-m correction=fdr,bonf", "Could not find 'correction/bonf'"),
 ])
 def test_bad_command_line_is_one_line_exit_2(tmp_path, override, message):
     run_dir = tmp_path / "run"
-    result = run_cli([override, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    result = run_cli([*override.split(" "), f"hydra.run.dir={run_dir}", f"hydra.sweep.dir={run_dir}"],
+                     cwd=tmp_path)
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines == [f"error: {lines[0][len('error: '):]}"], result.stderr  # exactly one line
@@ -65,6 +73,28 @@ def test_user_config_dir_with_own_experiment(tmp_path):
                      cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert list((tmp_path / "experiments" / "mine").rglob("contrast-mean_stat-z_corr-bonferroni_statmap.nii.gz"))
+
+
+def test_option_file_typo_is_named_with_the_closest_key(tmp_path):
+    """A mistake in the user's own YAML goes through the same validation as the command line."""
+    own = tmp_path / "my_confs" / "experiment"
+    own.mkdir(parents=True)
+    (own / "typo.yaml").write_text("# @package _global_\ndata:\n  smothing_fwhm: 3\n")
+    result = run_cli(["--config-dir", str(tmp_path / "my_confs"), "+experiment=typo",
+                      f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: unknown key data.smothing_fwhm — did you mean data.smoothing_fwhm?"
+    assert not (tmp_path / "run").exists()
+
+
+def test_flags_that_show_instead_of_running_are_left_to_hydra(tmp_path):
+    from runner.prevalidate import prevalidate
+
+    for argv in (["--help"], ["--cfg", "job", "sed=3"], ["--info"], ["-i", "defaults"], ["--hydra-help"]):
+        assert prevalidate(argv, str(CONF)) is None, argv
+    assert prevalidate(["--config-name", "config", "-m", "seed=1,2"], str(CONF)).seed == 1
+    with pytest.raises(RunnerError, match="did you mean seed"):
+        prevalidate(["-m", "sed=1,2"], str(CONF))
 
 
 @pytest.mark.parametrize("value, expected", [("exact", "exact"), ("0.1", 0.1), ("null", None)])

@@ -37,6 +37,21 @@ def test_runtime_package_never_imports_nilearn():
                 assert (node.module or "").split(".")[0] != "nilearn", path
 
 
+def test_runtime_package_uses_only_public_hydra_modules():
+    private = [(str(path.relative_to(REPO)), module) for path, module in _imported_modules()
+               if module.startswith(("hydra._internal", "omegaconf._"))]
+    assert private == []
+
+
+def _imported_modules():
+    for path in (REPO / "runner").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                yield from ((path, a.name) for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                yield path, node.module
+
+
 # Import names that differ from their distribution's name on PyPI; anything else is imported under its own name.
 IMPORT_TO_DISTRIBUTION = {"yaml": "PyYAML", "hydra": "hydra-core", "sklearn": "scikit-learn", "PIL": "Pillow"}
 
@@ -44,17 +59,8 @@ IMPORT_TO_DISTRIBUTION = {"yaml": "PyYAML", "hydra": "hydra-core", "sklearn": "s
 def _runtime_imports() -> dict[str, set[str]]:
     """Top-level module name -> files of the runtime package that import it (absolute imports only)."""
     found: dict[str, set[str]] = {}
-    for path in (REPO / "runner").rglob("*.py"):
-        tree = ast.parse(path.read_text(encoding="utf-8"))
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names = [node.module]
-            else:
-                continue
-            for name in names:
-                found.setdefault(name.split(".")[0], set()).add(str(path.relative_to(REPO)))
+    for path, module in _imported_modules():
+        found.setdefault(module.split(".")[0], set()).add(str(path.relative_to(REPO)))
     return found
 
 
