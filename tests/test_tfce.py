@@ -308,3 +308,22 @@ def test_permutation_null_is_the_max_tfce_of_each_sign_flipped_map(holey_mask, d
             np.testing.assert_allclose(result.tfce, enhanced[holey_mask], rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(result.null_max["tfce"], expected, rtol=1e-9)
     assert any(("exact integral" if dh == "exact" else "max/100") in message for message in result.messages)
+
+
+def test_compiled_kernels_are_reused_from_the_disk_cache():
+    """numba compiles the TFCE kernels once (about 10 s on 2 cores) and later processes -- every command-line test,
+    every sweep job -- load them from its cache (next to the module, or NUMBA_CACHE_DIR): a second process compiles
+    nothing."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    script = ("import numpy as np\nfrom runner.inference import tfce as t\n"
+              "g = t.voxel_graph(np.ones((4, 4, 4), bool), 26)\n"
+              "t.tfce(np.random.default_rng(0).standard_normal((1, 64)), g, two_sided=True)\n"
+              "s = t._enhance.stats\nprint(sum(s.cache_hits.values()), sum(s.cache_misses.values()))\n")
+    environment = {**__import__("os").environ, "PYTHONPATH": str(REPO)}
+    runs = [subprocess.run([sys.executable, "-c", script], env=environment, capture_output=True, text=True,
+                           check=True).stdout.split() for _ in range(2)]
+    assert runs[1] == ["1", "0"], runs  # loaded from the cache, not compiled
