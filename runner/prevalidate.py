@@ -49,14 +49,16 @@ def prevalidate(argv: list[str], config_dir: str, config_name: str = "config") -
     """
     try:
         args, unknown = command_line_parser().parse_known_args(argv)
-    except argparse.ArgumentError:
+    except (argparse.ArgumentError, SystemExit):  # a flag without its value: Hydra prints its usage message
         return None
     if unknown or any(getattr(args, flag) for flag in _NO_ANALYSIS):
         return None
+    name = args.config_name or config_name
+    composed: dict[Any, Any] = {}  # sweeps of values share one composition
     first, *others = sweep_variants(list(args.overrides))
-    settings = settings_for(config_dir, args.config_name or config_name, first, args.config_dir)
+    settings = settings_for(config_dir, name, first, args.config_dir, composed)
     for overrides in others:
-        settings_for(config_dir, args.config_name or config_name, overrides, args.config_dir)
+        settings_for(config_dir, name, overrides, args.config_dir, composed)
     return settings  # the first job's
 
 
@@ -92,13 +94,24 @@ def sweep_variants(overrides: list[str]) -> list[list[str]]:
     return variants
 
 
-def settings_for(config_dir: str, config_name: str, overrides: list[str],
-                 user_config_dir: str | None = None) -> RunSettings:
-    """Compose the group choices with Hydra, apply the key=value overrides, and build the validated settings."""
+def settings_for(config_dir: str, config_name: str, overrides: list[str], user_config_dir: str | None = None,
+                 composed: dict[Any, Any] | None = None) -> RunSettings:
+    """Compose the group choices with Hydra, apply the key=value overrides, and build the validated settings.
+
+    ``composed`` (optional) keeps compositions for later calls, keyed by the overrides that went to Hydra.
+    """
     from omegaconf import OmegaConf
 
     parsed = parse(overrides)
-    config, groups = compose(config_dir, config_name, overrides, user_config_dir)
+    composed = {} if composed is None else composed
+    groups = composed.get("groups")
+    key = tuple(t for t, o in zip(overrides, parsed) if _is_for_hydra(o, groups)) if groups else None
+    if key is not None and key in composed:
+        config = composed[key]
+    else:
+        config, groups = compose(config_dir, config_name, overrides, user_config_dir)
+        composed["groups"] = groups
+        composed[tuple(t for t, o in zip(overrides, parsed) if _is_for_hydra(o, groups))] = config
     values = [o for o in parsed if not _is_for_hydra(o, groups)]
     plain = OmegaConf.create(OmegaConf.to_container(config, resolve=False))  # accepts any key
     absent = [o for o in values if not _apply(plain, o)]

@@ -19,17 +19,10 @@ from runner.hydra_setup import safe_dirname
     ("correction=[fdr,fdrr]", "correction/fdrr"),
     ("sed=3", "unknown key sed — did you mean seed?"),
     ("n_jobs=0", "n_jobs must be >= 1, got 0"),
-    ("correction=[fpr] correction.fdr.alpha=0.1",
-     "correction.fdr.alpha: fdr is not among the chosen corrections; choose it too: correction=[fpr,fdr]"),
-    ("+seed=3", "seed is already set: write seed=3 to change it"),
-    ("seed=${nope}", "seed: Interpolation key 'nope' not found"),
-    ("-m data.smoothing_fwhm=0,6,abc", "data.smoothing_fwhm must be a number, got 'abc'"),  # a later sweep value
-    ("-m correction=fdr,bonf", "Could not find 'correction/bonf'"),
 ])
 def test_bad_command_line_is_one_line_exit_2(tmp_path, override, message):
     run_dir = tmp_path / "run"
-    result = run_cli([*override.split(" "), f"hydra.run.dir={run_dir}", f"hydra.sweep.dir={run_dir}"],
-                     cwd=tmp_path)
+    result = run_cli([override, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines == [f"error: {lines[0][len('error: '):]}"], result.stderr  # exactly one line
@@ -75,16 +68,35 @@ def test_user_config_dir_with_own_experiment(tmp_path):
     assert list((tmp_path / "experiments" / "mine").rglob("contrast-mean_stat-z_corr-bonferroni_statmap.nii.gz"))
 
 
+@pytest.mark.parametrize("argv, message", [
+    ("correction=[fpr] correction.fdr.alpha=0.1",
+     "correction.fdr.alpha: fdr is not among the chosen corrections; choose it too: correction=[fpr,fdr]"),
+    ("+seed=3", "seed is already set: write seed=3 to change it"),
+    ("~sedd", "cannot delete sedd: the config has no such key"),
+    ("seed=${nope}", "seed: Interpolation key 'nope' not found"),
+    ("-m data.smoothing_fwhm=0,6,abc", "data.smoothing_fwhm must be a number, got 'abc'"),  # a later sweep value
+    ("-m correction=fdr,bonf", "Could not find 'correction/bonf'"),
+    ("-m seed=1,2 correction.fdr.alpha=0.1,7", "correction.fdr.alpha must be in (0, 1), got 7"),
+])
+def test_prevalidation_refuses_in_one_line(argv, message):
+    """As the CLI does before Hydra runs (the printing and exit code are tested above)."""
+    from runner.prevalidate import prevalidate
+
+    with pytest.raises(RunnerError) as refused:
+        prevalidate(argv.split(" "), str(CONF))
+    assert message in str(refused.value) and "\n" not in str(refused.value)
+
+
 def test_option_file_typo_is_named_with_the_closest_key(tmp_path):
     """A mistake in the user's own YAML goes through the same validation as the command line."""
+    from runner.prevalidate import prevalidate
+
     own = tmp_path / "my_confs" / "experiment"
     own.mkdir(parents=True)
     (own / "typo.yaml").write_text("# @package _global_\ndata:\n  smothing_fwhm: 3\n")
-    result = run_cli(["--config-dir", str(tmp_path / "my_confs"), "+experiment=typo",
-                      f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
-    assert result.returncode == 2
-    assert result.stderr.strip() == "error: unknown key data.smothing_fwhm — did you mean data.smoothing_fwhm?"
-    assert not (tmp_path / "run").exists()
+    with pytest.raises(RunnerError) as refused:
+        prevalidate(["--config-dir", str(tmp_path / "my_confs"), "+experiment=typo"], str(CONF))
+    assert str(refused.value) == "unknown key data.smothing_fwhm — did you mean data.smoothing_fwhm?"
 
 
 def test_flags_that_show_instead_of_running_are_left_to_hydra(tmp_path):

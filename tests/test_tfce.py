@@ -314,6 +314,7 @@ def test_compiled_kernels_are_reused_from_the_disk_cache():
     """numba compiles the TFCE kernels once (about 10 s on 2 cores) and later processes -- every command-line test,
     every sweep job -- load them from its cache (next to the module, or NUMBA_CACHE_DIR): a second process compiles
     nothing."""
+    import os
     import subprocess
     import sys
 
@@ -323,7 +324,7 @@ def test_compiled_kernels_are_reused_from_the_disk_cache():
               "g = t.voxel_graph(np.ones((4, 4, 4), bool), 26)\n"
               "t.tfce(np.random.default_rng(0).standard_normal((1, 64)), g, two_sided=True)\n"
               "s = t._enhance.stats\nprint(sum(s.cache_hits.values()), sum(s.cache_misses.values()))\n")
-    environment = {**__import__("os").environ, "PYTHONPATH": str(REPO)}
+    environment = {**os.environ, "PYTHONPATH": str(REPO)}
     runs = [subprocess.run([sys.executable, "-c", script], env=environment, capture_output=True, text=True,
                            check=True).stdout.split() for _ in range(2)]
     assert runs[1] == ["1", "0"], runs  # loaded from the cache, not compiled
