@@ -28,8 +28,8 @@ from runner.stages.pipeline import run_stages
 
 log = logging.getLogger("runner")
 
-PACKAGES = ("second-level-runner", "numpy", "scipy", "nibabel", "pandas", "patsy", "statsmodels", "hydra-core",
-            "omegaconf", "matplotlib")
+PACKAGES = ("second-level-runner", "numpy", "scipy", "nibabel", "pandas", "patsy", "numba", "llvmlite", "threadpoolctl",
+            "hydra-core", "omegaconf", "PyYAML", "matplotlib")
 
 
 class Timings(dict):

@@ -34,7 +34,7 @@ def task(cfg: DictConfig) -> dict[str, Any]:
     from hydra.core.hydra_config import HydraConfig
 
     from runner import app
-    from runner.config import build_settings
+    from runner.config import build_settings, recorded_config
     from runner.outputs.writer import storage_errors
 
     run_dir, multirun = _run_dir_and_mode()
@@ -45,7 +45,7 @@ def task(cfg: DictConfig) -> dict[str, Any]:
         except RunnerError as error:
             app.record_failure(run_dir, str(error), overrides)  # only where the folder policy allows it
             raise
-        resolved = OmegaConf.to_container(cfg, resolve=True)
+        resolved = recorded_config(settings, OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
         with storage_errors():  # a full disk, a file-size limit, a read-only folder: one line, not a traceback
             summary = app.run(settings, run_dir, resolved_config=resolved,  # type: ignore[arg-type]
                               overrides=overrides)

@@ -16,8 +16,11 @@ STORAGE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EA
                   errno.ENOTDIR, errno.EEXIST, errno.ENAMETOOLONG}
 
 
-class RunnerError(Exception):
-    """A problem with the user's inputs or configuration, reported as one line without a traceback."""
+class RunnerError(ValueError):
+    """A problem with the user's inputs or configuration, reported as one line without a traceback.
+
+    A ValueError, so pure functions can raise it (or callers catch it) without knowing about the command line.
+    """
 
     def __init__(self, message: str) -> None:
         super().__init__(" ".join(str(message).split()))

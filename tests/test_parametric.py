@@ -7,27 +7,14 @@ import warnings
 import nibabel as nib
 import numpy as np
 import pytest
-from scipy import ndimage
 from scipy.stats import binom, norm
 
+from oracles import smooth_z_map
 from runner.errors import RunnerError
 from runner.inference.parametric import fdr_threshold, height_threshold
 
 AFFINE = np.diag([3.0, 3.0, 3.0, 1.0])
-
-
-def smooth_z_map(seed: int, shape: tuple[int, int, int] = (20, 24, 18)) -> tuple[np.ndarray, np.ndarray]:
-    """Smooth unit-variance noise plus two positive and one negative Gaussian blob, and a box mask."""
-    rng = np.random.default_rng(seed)
-    z = ndimage.gaussian_filter(rng.standard_normal(shape), 1.2)
-    z /= z.std()
-    grid = np.indices(shape)
-    for centre, amplitude in [((6, 8, 9), 5.0), ((13, 15, 8), -4.5), ((10, 18, 12), 3.5)]:
-        distance2 = sum((grid[axis] - centre[axis]) ** 2 for axis in range(3))
-        z += amplitude * np.exp(-distance2 / (2 * 2.0**2))
-    mask = np.zeros(shape, dtype=bool)
-    mask[1:-1, 1:-1, 1:-1] = True
-    return z, mask
+BLOBS = [((6, 8, 9), 5.0), ((13, 15, 8), -4.5), ((10, 18, 12), 3.5)]
 
 
 def test_fpr_is_the_normal_quantile_of_alpha_per_tail():
@@ -104,7 +91,7 @@ def test_a_map_without_any_statistic_is_refused():
 @pytest.mark.parametrize("two_sided", [True, False])
 def test_thresholds_equal_nilearn(seed, method, two_sided):
     glm = pytest.importorskip("nilearn.glm")
-    z, mask = smooth_z_map(seed)
+    z, mask = smooth_z_map(seed, BLOBS)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         _, expected = glm.threshold_stats_img(
