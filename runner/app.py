@@ -29,7 +29,7 @@ from runner.stages.pipeline import run_stages
 log = logging.getLogger("runner")
 
 PACKAGES = ("second-level-runner", "numpy", "scipy", "nibabel", "pandas", "patsy", "numba", "llvmlite", "threadpoolctl",
-            "hydra-core", "omegaconf", "PyYAML", "matplotlib")
+            "hydra-core", "omegaconf", "PyYAML", "matplotlib", "jinja2", "markupsafe")
 
 
 class Timings(dict):

@@ -81,9 +81,11 @@ def main() -> None:
     except RunnerError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
-    _hydra_main()
     from runner import sweeps
 
+    sweeps.last_sweep_statuses = None  # set by this command's sweep summary, if it runs a sweep
+    _hydra_main()
     code = sweeps.sweep_exit_code(sweeps.last_sweep_statuses)  # a sweep with a failed job must not exit 0
+    sweeps.last_sweep_statuses = None
     if code:
         sys.exit(code)

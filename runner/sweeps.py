@@ -186,6 +186,8 @@ class MultirunSummary(Callback):
     """Hydra callback: mark the jobs of this sweep, and write the sweep summary when the multirun ends."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        global last_sweep_statuses
+        last_sweep_statuses = None
         sweep_dir = Path(str(config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         sweep_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}"
