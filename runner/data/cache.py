@@ -250,7 +250,7 @@ def _remove_leftovers(cache_dir: Path) -> None:
         if not folder.is_dir() or not key:
             continue
         try:
-            with _exclusive_lock(_lock_path(folder.parent / key), f"data cache entry {key[:12]}"):
+            with exclusive_lock(_lock_path(folder.parent / key), f"data cache entry {key[:12]}"):
                 shutil.rmtree(folder, ignore_errors=True)
         except (RunnerError, OSError):
             continue
