@@ -12,6 +12,8 @@ import pytest
 from conftest import REPO, run_analysis, run_cli
 
 PRESETS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
+# presets whose full run takes minutes, shrunk here (the preset itself is what a user runs)
+SHRUNK = {"validity": ["correction.validity.n_datasets=3", "correction.validity.n_permutations=10"]}
 
 
 def test_default_run_writes_a_complete_manifest(tmp_path):
@@ -61,7 +63,7 @@ def test_every_preset_runs_and_verifies(preset, tmp_path):
     from runner.verify import verify
 
     run_dir = tmp_path / preset
-    run_analysis(run_dir, [f"+experiment={preset}", "report=false"])
+    run_analysis(run_dir, [f"+experiment={preset}", "report=false", *SHRUNK.get(preset, [])])
     assert json.loads((run_dir / "manifest.json").read_text())["status"] == "complete"
     verdict = verify(run_dir)
     assert verdict.ok, verdict.changed_inputs + verdict.differences

@@ -54,10 +54,10 @@ def _check_tail(stat_type: str, two_sided: bool) -> None:
 def log_one_minus_exp_neg(log_mean: np.ndarray) -> np.ndarray:
     """log(1 - exp(-m)) for m = exp(log_mean): the log probability that a Poisson(m) count is at least one."""
     log_mean = np.asarray(log_mean, dtype=float)
-    with np.errstate(over="ignore", under="ignore", divide="ignore"):
+    with np.errstate(over="ignore", under="ignore", divide="ignore", invalid="ignore"):
         mean = np.exp(log_mean)
         exact = np.log(-np.expm1(-mean))
-    return np.where(log_mean < _SERIES_SWITCH, log_mean - 0.5 * mean, exact)
+        return np.where(log_mean < _SERIES_SWITCH, log_mean - 0.5 * mean, exact)
 
 
 def log_expected_ec(
