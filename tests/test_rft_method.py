@@ -187,3 +187,17 @@ def test_voxel_rft_fwe_agrees_with_permutation_max_t_on_smooth_null_data():
     rft, maxt = table.loc["rft_voxel"], table.loc["maxt"]
     assert maxt["ci_low"] <= rft["fwe"] <= maxt["ci_high"]
     assert rft["ci_low"] <= ALPHA  # not liberal
+
+
+def test_f_contrast_is_thresholded_on_the_f_scale(tmp_path):
+    overrides, mask, _ = _study(tmp_path)
+    run_dir = tmp_path / "run"
+    run_analysis(run_dir, overrides + ["correction=[rft]", "contrasts=[{name:mean,expr:Intercept,type:F}]",
+                                       "report=false"])
+    row = json.loads((run_dir / "manifest.json").read_text())["summary"]["contrasts"]["mean"]["rft"]
+    counts = resel_counts(mask, row["fwhm_voxels"])
+    height = fwe.fwe_height_threshold(ALPHA, "F", (1, 11), counts, int(mask.sum()))
+    assert row["height_threshold"] == pytest.approx(height, rel=1e-9)
+    f = _load(run_dir, "contrast-mean_stat-F_statmap.nii.gz")
+    thresholded = _load(run_dir, "contrast-mean_stat-z_corr-rft_statmap.nii.gz")
+    np.testing.assert_array_equal(thresholded != 0, mask & (f > height))
