@@ -240,7 +240,7 @@ def interval_figure(labels: list[str] | tuple[str, ...], estimates: np.ndarray, 
     ax.set_xlim(0.0, max(float(np.nanmax(highs)) if n else 0.0, reference) * 1.15 or 1.0)
     ax.set_xlabel(xlabel)
     ax.set_title(title, fontsize=12)
-    ax.legend(loc="lower right", fontsize=8)
+    fig.legend(loc="outside lower center", ncols=2, fontsize=8)
     ax.grid(axis="x", alpha=0.3)
     return fig
 

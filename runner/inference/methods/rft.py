@@ -112,7 +112,7 @@ def footer_pairs(footer: dict[str, Any], stat: str, cluster_forming_p: float, al
                                                "(cluster level)"],
         ["Degrees of freedom", f"[{n(footer['dof'][0])}, {n(footer['dof'][1])}]"],
         ["FWHM", f"{fwhm_mm} mm; {fwhm_vox} voxels"],
-        ["Volume", f"{n(footer['search_volume_mm3'])} mm³ = {footer['search_volume_voxels']:,} voxels = "
+        ["Volume", f"{footer['search_volume_mm3']:,.0f} mm³ = {footer['search_volume_voxels']:,} voxels = "
                    f"{n(footer['search_volume_resels'], 4)} resels"],
         ["Voxel size", " ".join(n(v, 3) for v in footer["voxel_size_mm"]) + " mm"],
         ["RESEL size", f"{n(footer['resel_size_voxels'], 4)} voxels"],
