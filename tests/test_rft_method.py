@@ -201,3 +201,25 @@ def test_f_contrast_is_thresholded_on_the_f_scale(tmp_path):
     f = _load(run_dir, "contrast-mean_stat-F_statmap.nii.gz")
     thresholded = _load(run_dir, "contrast-mean_stat-z_corr-rft_statmap.nii.gz")
     np.testing.assert_array_equal(thresholded != 0, mask & (f > height))
+
+
+def test_cluster_level_map_keeps_the_significant_clusters_above_the_forming_threshold(rft_run):
+    run_dir, manifest, mask, _ = rft_run
+    row = manifest["summary"]["contrasts"]["mean"]["rft"]
+    t = _load(run_dir, "contrast-mean_stat-t_statmap.nii.gz")
+    z = _load(run_dir, "contrast-mean_stat-z_statmap.nii.gz")
+    level = _load(run_dir, "contrast-mean_stat-z_corr-rft_desc-clusterlevel_statmap.nii.gz")
+    table = pd.read_csv(run_dir / "contrast-mean_corr-rft_clusters.tsv", sep="\t", na_values="n/a")
+    significant = table[table["size_voxels"].notna() & (table["cluster_p_fwe"] < ALPHA)]
+    assert len(significant) == row["n_clusters"] >= 1
+    # components of t > u_c with 18-connectivity (faces and edges), labelled here by scipy
+    from scipy import ndimage
+
+    labels, _ = ndimage.label(mask & (t > threshold_from_p("t", 0.001, row["dof"])),
+                              structure=ndimage.generate_binary_structure(3, 2))
+    chosen = labels[significant["i"].astype(int), significant["j"].astype(int), significant["k"].astype(int)]
+    expected = np.isin(labels, chosen)
+    np.testing.assert_array_equal(level != 0, expected)
+    np.testing.assert_allclose(level[expected], z[expected], rtol=1e-6)
+    assert sorted(np.bincount(labels[expected])[chosen]) == sorted(significant["size_voxels"].astype(int))
+    assert row["n_voxels_in_significant_clusters"] == int(expected.sum())

@@ -120,7 +120,12 @@ def footer_pairs(footer: dict[str, Any], stat: str, cluster_forming_p: float, al
 
 
 def run_rft(inputs: ContrastInputs, params_by_method: dict[str, Any]) -> BatchResult:
-    """Voxel-level FWE map, thresholded z map, RPV map, SPM's cluster table and footer for one contrast."""
+    """Voxel-level FWE map, thresholded z map, RPV map, SPM's cluster table and footer for one contrast.
+
+    The voxel level thresholds z where the statistic exceeds the FWE height threshold (``stat-z_corr-rft``); the
+    cluster level keeps the clusters above the cluster-forming threshold whose cluster FWE p is below alpha
+    (``stat-z_corr-rft_desc-clusterlevel``).
+    """
     from runner.inference.methods.permutation import signed_logp
     from runner.inference.rft import fwe
     from runner.inference.rft.ec_densities import threshold_from_p
@@ -154,6 +159,8 @@ def run_rft(inputs: ContrastInputs, params_by_method: dict[str, Any]) -> BatchRe
     footer = spm_footer(volume, forming, params.extent_threshold, params.alpha)
     cluster_rows = table[table["size_voxels"].notna()]
     significant = cluster_rows[cluster_rows["cluster_p_fwe"] < params.alpha]
+    in_clusters = significant_cluster_voxels(data.unmask(np.where(np.isfinite(stat), stat, 0.0)), data.mask,
+                                             forming, two_sided, significant)
 
     meta = dict(alpha=params.alpha, two_sided=two_sided)
     stat_label = "|" + stat_type + "|" if two_sided else stat_type
@@ -161,6 +168,9 @@ def run_rft(inputs: ContrastInputs, params_by_method: dict[str, Any]) -> BatchRe
         MapOutput(logp, stat="logp", correction=method, meta=dict(meta, signed=two_sided, level="voxel")),
         MapOutput(thresholded, stat="z", correction=method,
                   meta=dict(meta, threshold=z_height, height_threshold=height, height_stat=stat_type)),
+        MapOutput(np.where(in_clusters, z, 0.0), stat="z", correction=method, desc="clusterlevel",
+                  meta=dict(meta, level="cluster", cluster_forming_p=params.cluster_forming_p,
+                            cluster_forming_threshold=forming, extent_threshold=params.extent_threshold)),
         MapOutput(np.nan_to_num(smoothness.resels_per_voxel, nan=0.0), stat="rpv", correction=method,
                   meta=dict(fwhm_voxels=smoothness.fwhm_voxels.tolist())),
         TableOutput(table, suffix="clusters", kind="clusters", stat=stat_type, correction=method,
@@ -195,6 +205,21 @@ def run_rft(inputs: ContrastInputs, params_by_method: dict[str, Any]) -> BatchRe
         "footer": footer_pairs(footer, stat_type, params.cluster_forming_p, params.alpha),
     }
     return BatchResult({method: MethodResult(method, outputs, summary)})
+
+
+def significant_cluster_voxels(stat3d: np.ndarray, mask: np.ndarray, forming: float, two_sided: bool,
+                               significant: Any) -> np.ndarray:
+    """(V,) True in the clusters of the table's ``significant`` rows: the components (SPM's 18-connectivity) above
+    the cluster-forming threshold that hold each significant cluster's peak voxel."""
+    from runner.inference.rft.table import label_clusters
+
+    inside = np.zeros(mask.shape, dtype=bool)
+    for sign in (1.0, -1.0) if two_sided else (1.0,):
+        labels, _ = label_clusters(np.where(mask, sign * stat3d, -np.inf) > forming)
+        peaks = significant[np.sign(significant["peak_stat"]) == sign] if two_sided else significant
+        chosen = labels[peaks["i"].to_numpy(int), peaks["j"].to_numpy(int), peaks["k"].to_numpy(int)]
+        inside |= np.isin(labels, chosen[chosen > 0])
+    return inside[mask]
 
 
 def fwe_log_uncorrected(stat_type: str, u: float, df: Any) -> float:
