@@ -4,12 +4,14 @@ Run on demand (not a test)::
 
     .venv/bin/python benchmarks/bench_rft_validity.py                          # 1000 datasets, FWHM 3 and 6
     .venv/bin/python benchmarks/bench_rft_validity.py --datasets 200 --fwhm 2 3 4 6 --shape 40 --subjects 20
+    .venv/bin/python benchmarks/bench_rft_validity.py --maxt 200          # also permutation max-T (200 sign-flips)
 
 For each nominal FWHM it simulates ``--datasets`` one-sample null studies (white noise smoothed to that FWHM on a
 ``--shape``^3 box, ``--subjects`` maps), re-estimates the smoothness from the residuals and reports, per method, the
 number of datasets with any false positive, the FWE with its 95% Clopper-Pearson interval and the verdict. This is the
 Eklund, Nichols & Knutsson (2016) comparison on Gaussian-shaped noise: cluster inference at a liberal cluster-forming
-threshold (p = 0.01) against a stricter one (p = 0.001).
+threshold (p = 0.01) against a stricter one (p = 0.001). ``--maxt N`` adds permutation max-T with N sign-flips per
+dataset (what ``correction=[validity]`` checks too), the reference voxel-level RFT should agree with when smooth.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +27,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from runner.inference.methods.validity import maxt_rejects  # noqa: E402
 from runner.inference.rft.validity import simulate_null_validity  # noqa: E402
 
 
@@ -35,7 +39,9 @@ def main() -> None:
     parser.add_argument("--subjects", type=int, default=12)
     parser.add_argument("--alpha", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=2016)
+    parser.add_argument("--maxt", type=int, default=0, help="sign-flips per dataset for permutation max-T (0: off)")
     args = parser.parse_args()
+    extra = {"maxt": partial(maxt_rejects, args.maxt)} if args.maxt else None
 
     mask = np.ones((args.shape,) * 3, bool)
     design = np.ones((args.subjects, 1))
@@ -43,7 +49,7 @@ def main() -> None:
     for fwhm in args.fwhm:
         start = time.perf_counter()
         result = simulate_null_validity(mask, design, [1.0], fwhm, n_datasets=args.datasets, alpha=args.alpha,
-                                        seed=args.seed)
+                                        seed=args.seed, extra_methods=extra)
         elapsed = time.perf_counter() - start
         table = result.table()
         table.insert(0, "fwhm_nominal", fwhm)

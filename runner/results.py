@@ -33,7 +33,11 @@ class MapOutput:
 
 @dataclass(frozen=True)
 class TableOutput:
-    """A TSV table to write, named ``contrast-<c>_corr-<m>_<suffix>.tsv``."""
+    """A TSV table to write, named ``contrast-<c>_corr-<m>_<suffix>.tsv``.
+
+    Tables of kind ``clusters`` are shown in the report; give other tables ``meta={"shown_in_report": True}`` to
+    show them too (every row, as written).
+    """
 
     frame: pd.DataFrame
     suffix: str
@@ -67,8 +71,26 @@ class NullFigure:
     title: str
 
 
-OutputRequest = Union[MapOutput, TableOutput, MapViews, NullFigure]
-FIGURES = (MapViews, NullFigure)
+@dataclass(frozen=True)
+class IntervalFigure:
+    """Estimates with their intervals, one row per label, and a reference line (e.g. a measured error rate and its
+    confidence interval per method, against the nominal alpha)."""
+
+    labels: tuple[str, ...]
+    estimates: np.ndarray
+    lows: np.ndarray
+    highs: np.ndarray
+    reference: float
+    reference_label: str
+    xlabel: str
+    title: str
+    correction: str
+    view: str = "intervals"
+    caption: str | None = None
+
+
+OutputRequest = Union[MapOutput, TableOutput, MapViews, NullFigure, IntervalFigure]
+FIGURES = (MapViews, NullFigure, IntervalFigure)
 
 
 @dataclass

@@ -293,3 +293,20 @@ def test_surviving_voxels_has_one_line_per_hue_level():
     assert len(ax.get_lines()) == 2
     for line in ax.get_lines():
         assert list(line.get_xdata()) == [0.001, 0.01, 0.05]  # sorted along the swept parameter
+
+
+def test_interval_figure_draws_each_estimate_with_its_interval_and_the_reference_line():
+    from runner.outputs.figures import interval_figure
+
+    fig = interval_figure(["first", "second"], np.array([0.02, 0.04]), np.array([0.01, 0.02]),
+                          np.array([0.05, 0.09]), 0.05, "alpha", "family-wise error", "title")
+    (ax,) = fig.axes
+    assert ax.get_label() == "intervals"
+    labels = {float(tick): label.get_text() for tick, label in zip(ax.get_yticks(), ax.get_yticklabels())}
+    assert labels == {1.0: "first", 0.0: "second"}
+    lines = [line for line in ax.get_lines() if list(line.get_xdata()) == [0.05, 0.05]]
+    assert len(lines) == 1  # the reference line at alpha
+    points = ax.containers[0].lines[0]
+    np.testing.assert_allclose(points.get_xdata(), [0.02, 0.04])
+    np.testing.assert_allclose(points.get_ydata(), [1, 0])  # first label on top
+    assert ax.get_xlim()[1] >= 0.09

@@ -7,7 +7,7 @@ import pytest
 from scipy import ndimage, special, stats
 
 from runner.errors import RunnerError
-from runner.inference.rft import fwe
+from runner.inference.rft import ec_densities, fwe
 from runner.inference.rft.resels import resel_counts
 
 A = 4 * np.log(2)
@@ -67,7 +67,24 @@ def test_nan_statistics_keep_nan_and_f_rejects_two_sided():
     with pytest.raises(RunnerError, match="two_sided"):
         fwe.peak_fwe_p(3.0, "F", (2, 10), BOX, two_sided=True)
     with pytest.raises(RunnerError, match="resel counts"):
-        fwe.peak_fwe_p(3.0, "Z", None, [1, -2, 3, 4])
+        fwe.peak_fwe_p(3.0, "Z", None, [1, np.nan, 3, 4])
+
+
+def test_negative_resel_counts_of_a_porous_mask_keep_their_sign():
+    # A porous mask (many tunnels) has a negative Euler characteristic R0, and R1 can be negative too: the expected
+    # EC is the signed sum sum_d R_d rho_d (computed here from plain EC densities), and p is 1 where it is not positive.
+    counts = np.array([-3150.0, -825.6, 5000.75, 433.27])
+    for u in (4.0, 5.0, 6.0):
+        rho = np.maximum(ec_densities.ec_densities("t", u, 29), 0.0)
+        expected = float(np.sum(counts * rho))
+        assert expected > 0
+        np.testing.assert_allclose(np.exp(fwe.log_expected_ec(u, "t", 29, counts)), expected, rtol=1e-10)
+        np.testing.assert_allclose(fwe.peak_fwe_p(u, "t", 29, counts), -np.expm1(-expected), rtol=1e-10)
+    low = 0.5
+    assert np.sum(counts * np.maximum(ec_densities.ec_densities("t", low, 29), 0.0)) < 0
+    assert fwe.peak_fwe_p(low, "t", 29, counts) == 1.0
+    threshold = fwe.rft_height_threshold(0.05, "t", 29, counts)
+    np.testing.assert_allclose(fwe.peak_fwe_p(threshold, "t", 29, counts), 0.05, rtol=1e-8)
 
 
 def test_cluster_level_closed_forms_for_a_gaussian_field():

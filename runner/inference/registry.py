@@ -24,7 +24,8 @@ if TYPE_CHECKING:
     from runner.results import BatchResult
 
 BUILTIN_MODULES = ("runner.inference.methods.height", "runner.inference.methods.permutation",
-                   "runner.inference.methods.ari")
+                   "runner.inference.methods.ari", "runner.inference.methods.rft",
+                   "runner.inference.methods.validity")
 
 
 @dataclass(frozen=True)

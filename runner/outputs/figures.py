@@ -28,6 +28,7 @@ __all__ = [
     "covariate_scatter_figure",
     "design_matrix_figure",
     "glass_brain_figure",
+    "interval_figure",
     "null_distribution_figure",
     "peak_coordinates_mm",
     "slice_cut_coords",
@@ -203,6 +204,44 @@ def null_distribution_figure(null_max: np.ndarray, observed_max: float, threshol
     if ax.get_legend_handles_labels()[0]:
         # Below the axes: the vertical lines can be anywhere, so a legend inside would hide one of them.
         fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=3, fontsize=9, frameon=False)
+    return fig
+
+
+def interval_figure(labels: list[str] | tuple[str, ...], estimates: np.ndarray, lows: np.ndarray,
+                    highs: np.ndarray, reference: float, reference_label: str, xlabel: str, title: str) -> Figure:
+    """Point estimates with their intervals (one row per label, first on top) and a vertical reference line.
+
+    Parameters
+    ----------
+    labels : sequence of str
+        Row labels.
+    estimates, lows, highs : np.ndarray
+        Estimate and interval bounds per row.
+    reference : float
+        Where the reference line is drawn (e.g. the nominal alpha).
+    reference_label, xlabel, title : str
+        Legend entry of the line, axis label, title.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One axes labelled ``"intervals"``.
+    """
+    estimates, lows, highs = (np.asarray(v, dtype=float).ravel() for v in (estimates, lows, highs))
+    n = len(labels)
+    fig = Figure(figsize=(8.0, 1.2 + 0.45 * max(n, 1)), layout="constrained")
+    ax = fig.add_subplot(label="intervals")
+    rows = np.arange(n)[::-1]
+    ax.errorbar(estimates, rows, xerr=[estimates - lows, highs - estimates], fmt="o", color=POINT_COLOUR,
+                ecolor=POINT_COLOUR, capsize=4, label="estimate and 95% interval")
+    ax.axvline(reference, color=LINE_COLOUR, linestyle="--", label=reference_label)
+    ax.set_yticks(rows, [_short_label(str(label)) for label in labels])
+    ax.set_ylim(-0.7, n - 0.3)
+    ax.set_xlim(0.0, max(float(np.nanmax(highs)) if n else 0.0, reference) * 1.15 or 1.0)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title, fontsize=12)
+    fig.legend(loc="outside lower center", ncols=2, fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
     return fig
 
 

@@ -6,7 +6,8 @@ from typing import Any
 
 from runner.outputs.naming import map_name, safe_label
 from runner.outputs.writer import OutputWriter
-from runner.results import BatchResult, MapOutput, MapViews, NullFigure, OutputRequest, TableOutput
+from runner.results import (BatchResult, IntervalFigure, MapOutput, MapViews, NullFigure, OutputRequest,
+                            TableOutput)
 
 
 def write_batch(writer: OutputWriter, data: Any, contrast: str, batch: BatchResult, report: bool) -> None:
@@ -41,5 +42,15 @@ def write_request(writer: OutputWriter, data: Any, contrast: str, request: Outpu
                                                        request.title),
                       name=f"contrast-{safe_label(contrast)}_corr-{safe_label(request.correction)}_nulldist.png",
                       contrast=contrast, correction=request.correction, view="null")
+    elif isinstance(request, IntervalFigure):
+        from runner.outputs import figures
+
+        extra = {"caption": request.caption} if request.caption else {}
+        writer.figure(figures.interval_figure(request.labels, request.estimates, request.lows, request.highs,
+                                              request.reference, request.reference_label, request.xlabel,
+                                              request.title),
+                      name=f"contrast-{safe_label(contrast)}_corr-{safe_label(request.correction)}_"
+                           f"{safe_label(request.view)}.png",
+                      contrast=contrast, correction=request.correction, view=request.view, **extra)
     else:
         raise TypeError(f"unknown output request {type(request).__name__}")

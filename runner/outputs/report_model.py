@@ -40,7 +40,7 @@ VIEW_CAPTIONS = {
 SECTIONS = (("warnings", "Warnings"), ("summary", "Results at a glance"), ("configuration", "Configuration"),
             ("inputs", "Inputs"), ("design", "Design and contrasts"))
 SHOWN_FACTS = {"alpha", "threshold", "threshold_text", "family", "n_voxels", "n_clusters", "peak", "notes",
-               "warnings"}
+               "warnings", "footer", "footer_title"}
 
 
 class ReportModel:
@@ -266,11 +266,16 @@ class ReportModel:
         shown = [f for f in (self.figure(e) for e in figures) if f]
         n = row.get("n_voxels")
         tables = [e for e in self.entries if e.kind == "clusters" and e.contrast == name and e.correction == method]
+        other_tables = [e for e in self.entries if e.kind == "table" and e.contrast == name
+                        and e.correction == method and e.extra.get("shown_in_report")]
         return {"anchor": self.method_anchor(name, method), "name": method,
                 "toc_label": method + (f" ({count(n, 'voxel')})" if n is not None else ""),
                 "facts": self.method_facts(name, method, row), "figures": shown,
                 "missing": [e.path for e in figures if e.path in self.unreadable],
-                "cluster_tables": [report_tables.read_cluster_table(self.run_dir, e) for e in tables]}
+                "tables": [report_tables.read_plain_table(self.run_dir, e) for e in other_tables],
+                "cluster_tables": [report_tables.read_cluster_table(self.run_dir, e) for e in tables],
+                "footer": footer_table(row.get("footer")),
+                "footer_title": str(row.get("footer_title") or "Footer")}
 
     def method_facts(self, name: str, method: str, row: dict[str, Any]) -> list[tuple[str, str]]:
         """α, threshold, sidedness, extent, permutations, what survives, then any other value of the summary row."""
@@ -314,7 +319,8 @@ class ReportModel:
             return None
         self.placed.add(entry.path)
         view = str(entry.extra.get("view") or "")
-        text = caption or VIEW_CAPTIONS.get(view) or Path(entry.path).stem.replace("_", " ")
+        text = (caption or entry.extra.get("caption") or VIEW_CAPTIONS.get(view)
+                or Path(entry.path).stem.replace("_", " "))
         detail = self.cut_caption(entry) if view == "slices" else ""
         return {"payload": payload, "path": entry.path, "css": css or view or "other", "caption": text + detail}
 
@@ -382,6 +388,15 @@ class ReportModel:
         """The map a correction thresholded (the one with a threshold when there are several, e.g. logp too)."""
         maps = [e for e in self.entries if e.kind == "map" and e.contrast == contrast and e.correction == method]
         return next((e for e in maps if e.threshold is not None), maps[0] if maps else None)
+
+
+def footer_table(pairs: Any) -> dict[str, Any] | None:
+    """A method's footer (summary row key ``footer``: label/value pairs, e.g. SPM's lines under its results table)
+    as a key-value table; None when the method has none."""
+    if not isinstance(pairs, (list, tuple)) or not pairs:
+        return None
+    return key_value_table([(str(pair[0]), str(pair[1])) for pair in pairs
+                            if isinstance(pair, (list, tuple)) and len(pair) == 2])
 
 
 def as_list(value: Any) -> list[Any]:

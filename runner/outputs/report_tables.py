@@ -33,6 +33,12 @@ CLUSTER_COLUMNS = {  # known cluster-table columns: header shown, in display ord
     "true_discoveries": "True discoveries ≥",
     "p_fwe": "p (FWE)",
     "mass": "Mass",
+    "size_resels": "Resels",
+    "cluster_p_fwe": "Cluster p (FWE)",
+    "cluster_p_uncorrected": "Cluster p (uncorr.)",
+    "peak_p_fwe": "Peak p (FWE)",
+    "peak_p_uncorrected": "Peak p (uncorr.)",
+    "peak_z": "Peak z",
 }
 HIDDEN_CLUSTER_COLUMNS = ("i", "j", "k", "peak_i", "peak_j", "peak_k")  # voxel indices: the mm coordinates say the same
 TEXT_CLUSTER_COLUMNS = ("cluster_id", "sign")
@@ -202,6 +208,25 @@ def read_cluster_table(run_dir: Path, entry: OutputEntry) -> dict[str, Any]:
     note = count(n_clusters, "cluster") + (f", {n_peaks - n_clusters} sub-peak(s)" if n_peaks > n_clusters else "")
     group = coordinate_group_header(ordered) if all(c in ordered for c in ("x", "y", "z")) else None
     return dict(block, state="rows", headers=headers, group=group, rows=rows, note=note)
+
+
+def read_plain_table(run_dir: Path, entry: OutputEntry) -> dict[str, Any]:
+    """A small TSV a method asked the report to show (``shown_in_report``), every row and column as written.
+
+    Returns ``{"path", "state": "rows" | "empty" | "unreadable", "table"?, "error"?}``.
+    """
+    block: dict[str, Any] = {"path": entry.path}
+    try:
+        frame = pd.read_csv(Path(run_dir) / entry.path, sep="\t", na_values=["n/a"], keep_default_na=False)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+        return dict(block, state="unreadable", error=str(error))
+    if frame.empty:
+        return dict(block, state="empty")
+    numeric = [i for i, c in enumerate(frame.columns) if pd.api.types.is_numeric_dtype(frame[c])]
+    rows = [[fmt(value, 3) if i in numeric else str(value) for i, value in enumerate(record)]
+            for record in frame.itertuples(index=False)]
+    return dict(block, state="rows", table=table([str(c) for c in frame.columns], rows, css="compact",
+                                                 numeric=numeric))
 
 
 def coordinate_group_header(ordered: list[str]) -> list[dict[str, Any]]:

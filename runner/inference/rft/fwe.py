@@ -4,7 +4,11 @@
   Mapp 4:58-73; the Poisson form as in SPM's ``spm_P_RF``). SPM reports the smaller of this and Bonferroni
   (``spm_P``): we do the same when the number of voxels is given. Negative densities (low thresholds) count as 0;
   SPM floors them at machine epsilon, which only matters where p is already 1 or where log space makes a floor
-  unnecessary.
+  unnecessary. Resel counts may be negative: R0 is the Euler characteristic and R1 a sum of the Euler
+  characteristics of cross-sections, both negative for porous masks (an intersection mask with scattered holes has
+  many tunnels). The expectation keeps their signs; where the signed sum is not positive (low thresholds, where the
+  Euler characteristic heuristic says nothing) the RFT p is 1 (SPM floors it at machine epsilon instead, i.e. p ~ 0),
+  so such voxels get the Bonferroni p.
 - Cluster level (Friston et al. 1994, Hum Brain Mapp 1:210-220; Worsley et al. 1996): above a cluster-forming
   threshold u the expected number of clusters is E_c = E[EC(u)], the expected resels per cluster is
   E_k = R_D rho_0(u) / (R_D rho_D(u)), and a cluster's extent K (resels) satisfies P(K >= k) = exp(-beta k^(2/D)) with
@@ -37,8 +41,8 @@ _SERIES_SWITCH = -20.0  # below this log(E), log(1 - exp(-E)) = log(E) - E/2 to 
 
 def _check_resels(resel_counts: np.ndarray) -> np.ndarray:
     counts = np.asarray(resel_counts, dtype=float).ravel()
-    if counts.size > 4 or counts.size == 0 or not np.all(np.isfinite(counts)) or np.any(counts < 0):
-        raise RunnerError(f"resel counts must be 1 to 4 finite non-negative numbers R0..R3, got {counts.tolist()}")
+    if counts.size > 4 or counts.size == 0 or not np.all(np.isfinite(counts)):
+        raise RunnerError(f"resel counts must be 1 to 4 finite numbers R0..R3, got {counts.tolist()}")
     return np.concatenate([counts, np.zeros(4 - counts.size)])
 
 
@@ -50,10 +54,10 @@ def _check_tail(stat_type: str, two_sided: bool) -> None:
 def log_one_minus_exp_neg(log_mean: np.ndarray) -> np.ndarray:
     """log(1 - exp(-m)) for m = exp(log_mean): the log probability that a Poisson(m) count is at least one."""
     log_mean = np.asarray(log_mean, dtype=float)
-    with np.errstate(over="ignore", under="ignore", divide="ignore"):
+    with np.errstate(over="ignore", under="ignore", divide="ignore", invalid="ignore"):
         mean = np.exp(log_mean)
         exact = np.log(-np.expm1(-mean))
-    return np.where(log_mean < _SERIES_SWITCH, log_mean - 0.5 * mean, exact)
+        return np.where(log_mean < _SERIES_SWITCH, log_mean - 0.5 * mean, exact)
 
 
 def log_expected_ec(
@@ -63,16 +67,23 @@ def log_expected_ec(
     resel_counts: np.ndarray,
     two_sided: bool = False,
 ) -> np.ndarray:
-    """Natural log of the expected Euler characteristic sum_d R_d max(rho_d(u), 0) of the excursion set above u."""
+    """Natural log of the expected Euler characteristic sum_d R_d max(rho_d(u), 0) of the excursion set above u.
+
+    +inf where the sum is not positive (negative resel counts of a porous mask at low thresholds): p is then 1.
+    """
     stat_type = check_stat_type(stat_type)
     _check_tail(stat_type, two_sided)
     counts = _check_resels(resel_counts)
     log_mag, sign = log_ec_densities(stat_type, u, df)
     with np.errstate(divide="ignore"):
-        log_counts = np.log(counts).reshape((4,) + (1,) * np.ndim(u))
-    terms = np.where((sign > 0) & (log_counts > -np.inf), log_counts + log_mag, -np.inf)
+        log_counts = np.log(np.abs(counts)).reshape((4,) + (1,) * np.ndim(u))
+    count_sign = np.sign(counts).reshape((4,) + (1,) * np.ndim(u))
+    used = (sign > 0) & (log_counts > -np.inf)
+    terms = np.where(used, log_counts + log_mag, -np.inf)
+    weights = np.where(used, count_sign, 1.0)
     with np.errstate(divide="ignore"):
-        out = special.logsumexp(terms, axis=0)
+        out, total_sign = special.logsumexp(terms, axis=0, b=weights, return_sign=True)
+    out = np.where((total_sign < 0) | ((total_sign == 0) & np.any(used & (count_sign < 0), axis=0)), np.inf, out)
     return out + np.log(2.0) if two_sided else out
 
 

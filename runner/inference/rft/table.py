@@ -14,15 +14,14 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from nibabel.affines import apply_affine
-from scipy import ndimage
 
 from runner import stats
 from runner.inference import clusters
-from runner.space.base import select_peaks
-from runner.space.grid import box_maxima
 from runner.inference.rft import fwe
 from runner.inference.rft.ec_densities import StatType, check_df, check_stat_type, log_uncorrected_p
 from runner.inference.rft.resels import search_dimension
+from runner.space import GridSpace
+from runner.space.base import select_peaks
 
 SPM_CONNECTIVITY = 18  # spm_bwlabel / spm_max: voxels sharing a face or an edge
 SPM_MIN_DISTANCE_MM = 8.0
@@ -66,17 +65,18 @@ class SearchVolume:
                    np.broadcast_to(np.asarray(voxel_size_mm, float), (3,)).copy(), int(n_voxels), bool(two_sided))
 
 
-def _peaks_of_cluster(values3d: np.ndarray, member: np.ndarray, affine: np.ndarray,
-                      min_distance: float, max_peaks: int) -> tuple[np.ndarray, np.ndarray]:
-    """Highest local maxima of one cluster (positive values), more than ``min_distance`` mm apart."""
-    bounds = ndimage.find_objects(member.astype(np.int8))[0]
-    box = tuple(slice(max(b.start - 1, 0), min(b.stop + 1, n)) for b, n in zip(bounds, member.shape, strict=True))
-    local = np.where(member[box], values3d[box], 0.0)
-    origin = np.array([s.start for s in box])
-    ijk, peak_values = box_maxima(local, origin)
-    xyz = (np.asarray(affine, dtype=float) @ np.c_[ijk, np.ones(len(ijk))].T).T[:, :3]
-    kept = select_peaks(xyz, peak_values, min_distance, max_peaks, strict_min_distance=True)
-    return ijk[kept], peak_values[kept]
+def _cluster_peaks(space: GridSpace, shifted: np.ndarray, labels: np.ndarray, n: int, min_distance: float,
+                   max_peaks: int) -> list[np.ndarray]:
+    """Per cluster 1..n, the grid indices (k, 3) of its highest local maxima more than ``min_distance`` mm apart.
+
+    ``shifted`` (V,) is positive inside the clusters (local maxima read 0 as outside a cluster).
+    """
+    voxels = np.flatnonzero(space.mask)
+    found = []
+    for elements, values in space.local_maxima(shifted, labels, n):
+        kept = select_peaks(space.coordinates(elements), values, min_distance, max_peaks, strict_min_distance=True)
+        found.append(np.column_stack(np.unravel_index(voxels[elements[kept]], space.mask.shape)))
+    return found
 
 
 def cluster_table(
@@ -120,6 +120,7 @@ def cluster_table(
     expectations = fwe.cluster_expectations(height_threshold, volume.stat_type, volume.df, volume.resel_counts,
                                             volume.two_sided)
     voxel_mm3 = float(np.prod(volume.voxel_size_mm))
+    space = GridSpace(np.asarray(mask) != 0, affine, connectivity=SPM_CONNECTIVITY)
     rows: list[dict] = []
     tails = [1.0, -1.0] if volume.two_sided else [1.0]
     number = 0
@@ -130,14 +131,14 @@ def cluster_table(
             continue
         sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
         maxima, _ = clusters.label_maxima(signed, labels, n)
+        in_cluster = labels[space.mask] > 0
+        shifted = np.where(in_cluster, np.nan_to_num(signed[space.mask] - height_threshold), 0.0)
+        peaks = _cluster_peaks(space, shifted, labels[space.mask], n, min_distance, max_peaks)
         for index in np.argsort(-maxima, kind="stable"):
             if sizes[index] < max(extent_threshold_voxels, 1):
                 continue
             number += 1
-            member = labels == index + 1
-            # Shifted so that every member is positive (local_maxima reads 0 as outside the cluster).
-            ijk, _ = _peaks_of_cluster(np.where(member, signed - height_threshold, 0.0), member, affine,
-                                       min_distance, max_peaks)
+            ijk = peaks[index]
             extent_resels = sizes[index] * volume.resels_per_voxel
             log_p_cluster, log_p_cluster_unc = fwe.cluster_log_p(extent_resels, expectations)
             stat_values = values[ijk[:, 0], ijk[:, 1], ijk[:, 2]]
