@@ -241,3 +241,34 @@ def test_variance_group_column_errors_are_one_line():
         with pytest.raises(RunnerError, match=message) as error:
             resolve_variance_groups(setting, inputs)
         assert "\n" not in str(error.value)
+
+
+def test_null_calibration_heteroscedastic_two_sample():
+    """8 vs 24 smooth null maps, the small group 3 times as variable: relabelling with the pooled t is liberal,
+    variance groups (v, sign-flips) keep max-T FWE within the 95% binomial interval of 0.05 (or below it).
+    The heavy version (more datasets, cluster size and TFCE) is benchmarks/bench_variance_groups.py."""
+    from scipy import ndimage
+
+    n_datasets, alpha = 100, 0.05
+    groups = np.repeat([0, 1], [8, 24])
+    X = np.column_stack([np.ones(groups.size), groups])
+    contrast = np.array([[0.0, 1.0]])
+    mask = np.ones((6, 6, 6), dtype=bool)
+    scale = np.where(groups == 0, 3.0, 1.0)[:, None]
+    rng = np.random.default_rng(15)
+    rejections = {"t": 0, "v": 0}
+    for index in range(n_datasets):
+        noise = np.stack([ndimage.gaussian_filter(rng.standard_normal(mask.shape), 1.0)[mask]
+                          for _ in range(groups.size)])
+        Y = noise / noise.std() * scale
+        plain = permutation_inference(Y, X, contrast, mask, ("maxt",), PermutationOptions(n_permutations=100,
+                                                                                          seed=index))
+        welch = permutation_inference(Y, X, contrast, mask, ("maxt",),
+                                      PermutationOptions(n_permutations=100, seed=index, variance_groups=groups))
+        rejections["t"] += bool(np.any(plain.corrected_p["maxt"] <= alpha))
+        rejections["v"] += bool(np.any(welch.corrected_p["maxt"] <= alpha))
+    high = stats.binom.ppf(0.975, n_datasets, alpha) / n_datasets
+    rates = {name: count / n_datasets for name, count in rejections.items()}
+    print(f"max-T FWE over {n_datasets} heteroscedastic null datasets: {rates} (95% upper bound {high:.2f})")
+    assert rates["v"] <= high
+    assert rates["t"] > high
