@@ -272,3 +272,39 @@ def test_null_calibration_heteroscedastic_two_sample():
     print(f"max-T FWE over {n_datasets} heteroscedastic null datasets: {rates} (95% upper bound {high:.2f})")
     assert rates["v"] <= high
     assert rates["t"] > high
+
+
+@pytest.mark.slow
+def test_run_with_variance_groups_writes_v_maps_and_states_its_scheme(tmp_path):
+    """End to end on the two-sample demo (group + age): auto finds the group column; the v map, its dof, z and p are
+    written and agree with each other (z and p recomputed here from v and dof with scipy); the summary row names
+    the statistic and the scheme."""
+    import json
+
+    import nibabel as nib
+
+    from conftest import run_analysis
+
+    run_dir = tmp_path / "vg"
+    summary = run_analysis(run_dir, ["+experiment=two_sample_tfce", "report=false", "correction=[tfce]",
+                                     "correction.tfce.n_permutations=50", "correction.tfce.variance_groups=auto"])
+    row = summary["contrasts"]["patientMinusControl"]["tfce"]
+    assert row["statistic"] == "v" and row["scheme"] == "sign_flip" and "not exchangeable" in row["scheme_reason"]
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    paths = {entry["path"] for entry in manifest["outputs"]}
+    stem = "contrast-patientMinusControl"
+    expected = {f"{stem}_stat-v_statmap.nii.gz", f"{stem}_stat-dof_desc-v_statmap.nii.gz",
+                f"{stem}_stat-z_desc-v_statmap.nii.gz", f"{stem}_stat-p_desc-v_statmap.nii.gz",
+                f"{stem}_stat-v_corr-tfce_statmap.nii.gz", f"{stem}_stat-t_statmap.nii.gz"}
+    assert expected <= paths
+
+    def load(name):
+        return nib.load(run_dir / f"{stem}_{name}_statmap.nii.gz").get_fdata()
+
+    v, dof, z, p = load("stat-v"), load("stat-dof_desc-v"), load("stat-z_desc-v"), load("stat-p_desc-v")
+    inside = dof > 0
+    assert inside.sum() > 1000
+    # Welch-Satterthwaite dof lie between the smallest group share of the residual dof (about 13.5) and all 27
+    assert np.all((dof[inside] >= 13) & (dof[inside] <= 27 + 1e-6))
+    np.testing.assert_allclose(p[inside], stats.t.sf(v[inside], dof[inside]), rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(stats.norm.sf(z[inside]), stats.t.sf(v[inside], dof[inside]), rtol=1e-3, atol=1e-7)
