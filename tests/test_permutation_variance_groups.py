@@ -183,6 +183,9 @@ def test_whole_maps_and_voxel_chunks_give_the_same_null():
     options = PermutationOptions(n_permutations=300, variance_groups=groups, n_jobs=2, block_size=100)
     voxelwise = permutation_inference(Y, X, np.array([[0.0, 1.0]]), mask, ("maxt",), options)
     np.testing.assert_allclose(spatial.null_max["maxt"], voxelwise.null_max["maxt"], rtol=1e-12)
+    serial = permutation_inference(Y, X, np.array([[0.0, 1.0]]), mask, ("maxt",),
+                                   PermutationOptions(n_permutations=300, variance_groups=groups))
+    np.testing.assert_array_equal(serial.null_max["maxt"], voxelwise.null_max["maxt"])  # bit for bit
     np.testing.assert_array_equal(spatial.uncorrected_p, voxelwise.uncorrected_p)
     assert spatial.null_max["clustersize"].shape == (300,)
 

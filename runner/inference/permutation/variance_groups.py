@@ -185,15 +185,13 @@ def statistics_from_products(
     cross = kernel.cross_products
     # loops run over the few groups and basis indices only; every operation is on (B, V) arrays
     coefficients = linear.sum(axis=1)  # a = U' Y*, OLS coefficients in the orthonormal basis (B, r, V)
-    # e_g'e_g = q_g + sum_i a_i ((B_g a)_i - 2 y_gi), with B_g = U' D_g U
+    # e_g'e_g = q_g + sum_i a_i ((B_g a)_i - 2 y_gi), with B_g = U' D_g U (one small product per element)
     rss = group_squares.copy()
     for g in range(n_groups):
-        for i in range(rank):
-            term = -2.0 * linear[:, g, i]
-            for j in range(rank):
-                term += cross[g, i, j] * coefficients[:, j]
-            term *= coefficients[:, i]
-            rss[:, g] += term
+        moved = np.matmul(cross[g], coefficients)
+        moved -= 2.0 * linear[:, g]
+        moved *= coefficients
+        rss[:, g] += moved.sum(axis=1)
     total = group_squares.sum(axis=1)
     degenerate = np.any(~(rss > EXACT_FIT * total[:, None, :]), axis=1)  # a group fitted exactly: no variance
     with np.errstate(divide="ignore", invalid="ignore"):
