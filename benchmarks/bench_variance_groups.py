@@ -76,7 +76,8 @@ def main() -> None:
             print(f"{index + 1} datasets, {time.perf_counter() - started:.0f} s", flush=True)
     low = stats.binom.ppf(0.025, args.datasets, args.alpha) / args.datasets
     high = stats.binom.ppf(0.975, args.datasets, args.alpha) / args.datasets
-    print(f"\n{args.datasets} null datasets, groups of {args.sizes[0]} (sd {args.sd_ratio}) and {args.sizes[1]} (sd 1), "
+    print(f"\n{args.datasets} null datasets, groups of {args.sizes[0]} (sd {args.sd_ratio}) and {args.sizes[1]} "
+          "(sd 1), "
           f"{args.shape}^3 box, smoothing sigma {args.smoothing}, {args.permutations} permutations, alpha "
           f"{args.alpha}; 95% binomial interval of alpha {low:.3f}-{high:.3f}; {time.perf_counter() - started:.0f} s")
     print("| statistic | method | FWE | 95% CI | verdict |\n| --- | --- | --- | --- | --- |")
