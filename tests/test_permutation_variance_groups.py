@@ -330,3 +330,23 @@ def test_shuffled_block_equals_the_statistic_of_the_shuffled_data():
         reference = np.array([paper_statistic(M, shuffled[:, v], C, groups) for v in range(Y.shape[1])])
         np.testing.assert_allclose(statistic[j], reference[:, 0], rtol=1e-9)
         np.testing.assert_allclose(dof[j], reference[:, 1], rtol=1e-9)
+
+
+def test_voxels_whose_group_has_no_residual_variance_get_no_statistic():
+    """A voxel constant within one group (zero residual variance there) and an all-zero voxel: v is undefined (NaN,
+    p = 1) and they never count in the null; the other voxels are unaffected."""
+    rng = np.random.default_rng(9)
+    groups = np.repeat([0, 1], [6, 10])
+    X = np.column_stack([np.ones(16), groups])
+    mask = np.ones((2, 2, 2), dtype=bool)
+    Y = heteroscedastic_data(rng, groups, 8, [2.0, 1.0])
+    Y[:, 0] = 0.0
+    Y[groups == 0, 1] = 5.0
+    options = PermutationOptions(n_permutations=100, variance_groups=groups)
+    result = permutation_inference(Y, X, np.array([[0.0, 1.0]]), mask, ("maxt",), options)
+    assert np.isnan(result.stat[:2]).all() and np.isnan(result.dof_map[:2]).all()
+    assert np.all(result.corrected_p["maxt"][:2] == 1.0) and np.all(result.uncorrected_p[:2] == 1.0)
+    assert np.isfinite(result.stat[2:]).all() and np.all(np.isfinite(result.null_max["maxt"]))
+    welch = stats.ttest_ind(Y[groups == 1, 2:], Y[groups == 0, 2:], equal_var=False)
+    np.testing.assert_allclose(result.stat[2:], welch.statistic, rtol=1e-10)
+    np.testing.assert_allclose(result.dof_map[2:], welch.df, rtol=1e-10)

@@ -149,7 +149,7 @@ def _spatial_unit(work: BlockWork, first: int, last: int) -> dict[str, np.ndarra
 def _kernel_maps(work: BlockWork, orders: np.ndarray, signs: np.ndarray) -> dict[str, np.ndarray]:
     """Whole v / G maps of one unit of elements, then their max-T, cluster and TFCE maxima (``work.sum_squares``
     holds the squared residualised data here)."""
-    stat_maps, _ = shuffled_statistics(work.kernel, work.data, work.sum_squares, orders, signs)
+    stat_maps, _ = shuffled_statistics(work.kernel, work.data, work.sum_squares, orders, signs, with_dof=False)
     test = np.abs(stat_maps) if work.mode == "abs" else stat_maps
     out: dict[str, np.ndarray] = {
         "maxt": np.fmax.reduce(test, axis=1, initial=-np.inf),

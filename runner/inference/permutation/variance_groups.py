@@ -149,8 +149,9 @@ def make_kernel(model: PermutationModel, labels: np.ndarray) -> VarianceGroupKer
 
 
 def shuffled_statistics(
-    kernel: VarianceGroupKernel, data: np.ndarray, squares: np.ndarray, orders: np.ndarray, signs: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
+    kernel: VarianceGroupKernel, data: np.ndarray, squares: np.ndarray, orders: np.ndarray, signs: np.ndarray,
+    with_dof: bool = True,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """v (signed) or G and their degrees of freedom for a block of shuffled datasets.
 
     Parameters
@@ -166,20 +167,30 @@ def shuffled_statistics(
     Returns
     -------
     statistic, dof : ndarray (B, V)
-        NaN where a group's residuals vanish (the model fits the group exactly).
+        NaN where a group's residuals vanish (the model fits the group exactly); dof is None unless ``with_dof``.
     """
     count = signs.shape[0]
     n_groups, rank = kernel.n_groups, kernel.rank
     linear = (shuffled_basis(kernel.group_bases, orders, signs) @ data).reshape(count, n_groups, rank, -1)
     group_squares = (shuffled_basis(kernel.indicators, orders, np.ones_like(signs)) @ squares)
-    return statistics_from_products(kernel, linear, group_squares.reshape(count, n_groups, -1))
+    return statistics_from_products(kernel, linear, group_squares.reshape(count, n_groups, -1), with_dof)
 
 
 def statistics_from_products(
-    kernel: VarianceGroupKernel, linear: np.ndarray, group_squares: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
+    kernel: VarianceGroupKernel, linear: np.ndarray, group_squares: np.ndarray, with_dof: bool = True
+) -> tuple[np.ndarray, np.ndarray | None]:
     """v or G, and nu, from the group-wise projections ``y_g = U' D_g Y*`` (B, K, r, V) and ``||D_g Y*||^2``
-    (B, K, V). See the module docstring for the formulas (Winkler et al. 2014, eqs. 6-7)."""
+    (B, K, V). See the module docstring for the formulas (Winkler et al. 2014, eqs. 6-7). Without ``with_dof``
+    nu is not computed (None): the permutation null of v needs only v."""
+    # elements where a group is fitted exactly get infinite weights and NaN on the way; they are masked at the end
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        return _statistics(kernel, linear, group_squares, with_dof)
+
+
+def _statistics(
+    kernel: VarianceGroupKernel, linear: np.ndarray, group_squares: np.ndarray, with_dof: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The body of :func:`statistics_from_products` (floating-point warnings silenced by the caller)."""
     s = kernel.n_effects
     n_groups, rank = kernel.n_groups, kernel.rank
     cross = kernel.cross_products
@@ -194,9 +205,7 @@ def statistics_from_products(
         rss[:, g] += moved.sum(axis=1)
     total = group_squares.sum(axis=1)
     degenerate = np.any(~(rss > EXACT_FIT * total[:, None, :]), axis=1)  # a group fitted exactly: no variance
-    with np.errstate(divide="ignore", invalid="ignore"):
-        weights = kernel.residual_dof[None, :, None] / rss  # w_g = r_g / e_g'e_g  (B, K, V)
-    weights[np.broadcast_to(degenerate[:, None, :], weights.shape)] = 1.0
+    weights = kernel.residual_dof[None, :, None] / rss  # w_g = r_g / e_g'e_g  (B, K, V)
     information = np.zeros((rank, rank) + weights[:, 0].shape)  # U' W U = sum_g w_g B_g  (r, r, B, V)
     for k in range(rank):
         for m in range(k, rank):
@@ -209,20 +218,24 @@ def statistics_from_products(
     for i in range(s):
         for j in range(s):
             wald += effect[:, i] * schur[i, j] * effect[:, j]
+    if s == 1:
+        statistic = np.copysign(np.sqrt(np.maximum(wald, 0.0)), effect[:, 0])
+        if not with_dof:
+            statistic[degenerate] = np.nan
+            return statistic, None
     group_weight = weights * kernel.sizes[None, :, None]  # sum_{n in g} w_nn = n_g w_g
     share = group_weight / group_weight.sum(axis=1, keepdims=True)
     spread = np.zeros_like(total)  # b
     for g in range(n_groups):
         spread += (1.0 - share[:, g]) ** 2 / kernel.residual_dof[g]
-    plain_dof = kernel.basis.shape[0] - kernel.rank
-    with np.errstate(divide="ignore", invalid="ignore"):
-        dof = np.where(spread > 0, s * (s + 2) / (3.0 * spread), float(plain_dof))
-    if s == 1:
-        statistic = np.copysign(np.sqrt(np.maximum(wald, 0.0)), effect[:, 0])
-    else:
+    if s > 1:
         lam = 1.0 + 2.0 * (s - 1) / (s * (s + 2)) * spread
         statistic = wald / (lam * s)
     statistic[degenerate] = np.nan
+    if not with_dof:
+        return statistic, None
+    plain_dof = kernel.basis.shape[0] - kernel.rank
+    dof = np.where(spread > 0, s * (s + 2) / (3.0 * spread), float(plain_dof))
     dof[degenerate] = np.nan
     return statistic, dof
 
@@ -236,8 +249,7 @@ def _effect_schur_complement(information: np.ndarray, n_effects: int) -> np.ndar
     """
     matrix = information.copy()
     for k in range(matrix.shape[0] - 1, n_effects - 1, -1):
-        with np.errstate(divide="ignore", invalid="ignore"):
-            column = matrix[:k, k] / matrix[k, k]
+        column = matrix[:k, k] / matrix[k, k]
         matrix[:k, :k] -= column[:, None] * matrix[None, k, :k]
     return matrix[:n_effects, :n_effects]
 
@@ -279,7 +291,7 @@ def chunk_null_maxima(
     for first in range(start, stop, block):
         last = min(stop, first + block)
         orders, signs = permutations.rows(first, last)
-        statistic, _ = shuffled_statistics(kernel, shuffled, squares, orders, signs)
+        statistic, _ = shuffled_statistics(kernel, shuffled, squares, orders, signs, with_dof=False)
         test = np.abs(statistic) if (two_sided and kernel.n_effects == 1) else statistic
         maxima[first - start : last - start] = np.fmax.reduce(test, axis=1, initial=-np.inf)
         exceedances += np.count_nonzero(test >= reference, axis=0)
