@@ -36,6 +36,9 @@ class PermutationCorrection:
     exchangeability_blocks: Optional[str] = None  # table column
     whole_block: bool = False
     n_jobs: Optional[int] = None  # default: the run's n_jobs
+    # table column of variance groups, or "auto" (the categorical columns the contrast tests): v / G statistic
+    # and sign-flips (Winkler et al. 2014; see runner.inference.permutation.variance_groups)
+    variance_groups: Optional[str] = None
 
 
 @dataclass
@@ -87,10 +90,17 @@ def _engine_settings(params: Any, inputs: ContrastInputs) -> tuple[dict[str, Any
                               f"{did_you_mean(column, design.table.columns)}")
         blocks = tuple(int(b) for b in pd.factorize(design.table[column].astype(str))[0] + 1)
     budget = int(settings.memory_budget_gb * 1024**3 / 4) if settings.memory_budget_gb else None
+    groups = None
+    if params.variance_groups:
+        from runner.inference.methods.variance_groups import resolve_variance_groups
+
+        groups = resolve_variance_groups(params.variance_groups, inputs)
     shared = dict(n_permutations=params.n_permutations, seed=settings.seed if params.seed is None else params.seed,
                   two_sided=params.two_sided, method=params.method, exchangeability_blocks=blocks,
                   whole_block=params.whole_block, n_jobs=params.n_jobs or settings.n_jobs,
                   progress=progress_enabled(settings.progress), memory_budget_bytes=budget)
+    if groups is not None:
+        shared["variance_groups"] = groups
     specific: dict[str, Any] = {}
     for key in ("cluster_forming_p", "connectivity"):
         if hasattr(params, key):
@@ -141,6 +151,11 @@ def run_permutation(inputs: ContrastInputs, params_by_method: dict[str, Any]) ->
                     scheme=outcome.scheme, regression=outcome.method, two_sided=outcome.two_sided, methods=names)
         batch.shared.append(MapOutput(outcome.uncorrected_p, stat="p", correction=None, fill=1.0, desc=label,
                                       meta=meta))
+        if outcome.dof_map is not None:
+            from runner.inference.methods.variance_groups import statistic_maps
+
+            rank = contrast.matrix.shape[0]
+            batch.shared.extend(statistic_maps(outcome, rank, label if len(all_passes) > 1 else None, meta))
         if outcome.tfce is not None:
             batch.shared.append(MapOutput(outcome.tfce, stat="tfce", correction=None, meta=meta))
         for method in names:
@@ -162,7 +177,7 @@ def _method_result(inputs: ContrastInputs, outcome: Any, method: str, params: An
     meta = dict(alpha=alpha, n_permutations=outcome.n_permutations_done, exhaustive=outcome.exhaustive,
                 two_sided=outcome.two_sided)
     stat = np.where(np.isfinite(outcome.stat), outcome.stat, 0.0)
-    stat_name = outcome.stat_type
+    stat_name = outcome.statistic
     thresholded = np.where(surviving, stat, 0.0)
     table = permutation_cluster_table(inputs, stat, thresholded, outcome, method)
     n_voxels = int(np.count_nonzero(thresholded))
@@ -184,6 +199,8 @@ def _method_result(inputs: ContrastInputs, outcome: Any, method: str, params: An
     peak = float(stat[np.argmax(np.abs(stat))]) if stat.size else float("nan")
     summary = {"threshold": critical, "n_voxels": n_voxels, "n_clusters": n_clusters, "peak": peak, "alpha": alpha,
                "threshold_text": threshold_text(method, params, critical, outcome)}
+    if outcome.dof_map is not None:  # variance groups: say which statistic and scheme ran, and why
+        summary.update(statistic=outcome.statistic, scheme=outcome.scheme, scheme_reason=outcome.scheme_reason)
     return MethodResult(method, outputs, summary)
 
 
@@ -202,7 +219,7 @@ def threshold_text(method: str, params: Any, critical: float, outcome: Any) -> s
         return "none reachable"
     measure, unit = MEASURES[method]
     if not measure:
-        stat = outcome.stat_type
+        stat = outcome.statistic
         return f"{'|' + stat + '|' if outcome.two_sided else stat} ≥ {format_number(critical, 3)}"
     forming = getattr(params, "cluster_forming_p", None)
     return (f"{measure} ≥ {format_number(critical, 4)}{unit}"

@@ -29,6 +29,9 @@ from runner.inference.permutation.scores import (
     shuffled_basis,
 )
 from runner.inference.permutation.spatial import CLUSTER_METHODS, cluster_maxima
+from runner.inference.permutation.variance_groups import VOXEL_CHUNK as KERNEL_VOXEL_CHUNK
+from runner.inference.permutation.variance_groups import VarianceGroupKernel, shuffled_statistics
+from runner.inference.permutation.variance_groups import chunk_null_maxima as kernel_null_maxima
 from runner.inference.permutation_sets import PermutationSet
 from runner.inference.tfce import VoxelGraph, tfce_maxima
 
@@ -42,7 +45,8 @@ class BlockWork:
     """Everything the tasks of one permutation test read (shared once with every worker, never modified).
 
     ``data`` is the raw data for max-T blocks and the residualised float64 data (excluded voxels zeroed) for
-    spatial blocks. ``unit`` is the number of elements per GEMM.
+    spatial blocks. ``unit`` is the number of elements per GEMM. ``kernel`` is the statistic kernel: None for the
+    pooled-variance t/F scores of :mod:`.scores`, a :class:`~.variance_groups.VarianceGroupKernel` for v/G.
     """
 
     data: np.ndarray
@@ -60,6 +64,7 @@ class BlockWork:
     tfce_H: float = 2.0
     tfce_dh: float | str | None = None
     sum_squares: np.ndarray | None = None
+    kernel: VarianceGroupKernel | None = None
 
 
 def spatial_unit(n_elements: int, n_voxels: int, rank: int, budget_bytes: int) -> int:
@@ -85,16 +90,22 @@ def block_bounds(n_elements: int, unit: int, block_size: int) -> list[tuple[int,
 def maxt_block(work: BlockWork, first: int, last: int) -> dict[str, np.ndarray]:
     """Max-T null maxima of elements ``first..last-1`` and their voxel-wise exceedance counts, voxel chunk by chunk."""
     n_voxels = work.data.shape[1]
-    voxel_chunk = max(256, min(VOXEL_CHUNK, n_voxels))
+    voxel_chunk = max(256, min(VOXEL_CHUNK if work.kernel is None else KERNEL_VOXEL_CHUNK, n_voxels))
     maxima = np.full(last - first, -np.inf)
     exceedances = np.zeros(n_voxels, dtype=np.int64)
     workspace: dict[str, np.ndarray] = {}
     for v0 in range(0, n_voxels, voxel_chunk):
         v1 = min(n_voxels, v0 + voxel_chunk)
-        chunk_max, chunk_exceed = chunk_null_maxima(
-            work.data[:, v0:v1], work.model, work.permutations, work.observed[v0:v1],
-            work.regression, work.two_sided, first, last, block=PERMUTATION_BLOCK, workspace=workspace,
-        )
+        if work.kernel is not None:
+            chunk_max, chunk_exceed = kernel_null_maxima(
+                work.kernel, work.data[:, v0:v1], work.model, work.permutations, work.observed[v0:v1],
+                work.regression, work.two_sided, first, last, block=PERMUTATION_BLOCK,
+            )
+        else:
+            chunk_max, chunk_exceed = chunk_null_maxima(
+                work.data[:, v0:v1], work.model, work.permutations, work.observed[v0:v1],
+                work.regression, work.two_sided, first, last, block=PERMUTATION_BLOCK, workspace=workspace,
+            )
         np.maximum(maxima, chunk_max, out=maxima)
         exceedances[v0:v1] += chunk_exceed
     return {"maxt": maxima, "exceedances": exceedances}
@@ -112,6 +123,8 @@ def _spatial_unit(work: BlockWork, first: int, last: int) -> dict[str, np.ndarra
     """Whole statistic maps for elements first..last-1 (one GEMM), then their max-T, cluster and TFCE maxima."""
     model = work.model
     orders, signs = work.permutations.rows(first, last)
+    if work.kernel is not None:
+        return _kernel_maps(work, orders, signs)
     rows = shuffled_basis(model.moving, orders, signs)
     projections = (rows @ work.data).reshape(last - first, model.n_shuffled, -1)
     map_mode = "F" if model.stat_type == "F" else "signed"
@@ -125,6 +138,25 @@ def _spatial_unit(work: BlockWork, first: int, last: int) -> dict[str, np.ndarra
     del test
     stat_maps = scores_to_statistics(scores, model, map_mode)
     del scores
+    if any(m in CLUSTER_METHODS for m in work.methods):
+        out["clustersize"], out["clustermass"] = cluster_maxima(stat_maps, work.threshold, work.graph,
+                                                                work.two_sided)
+    if "tfce" in work.methods:
+        out["tfce"] = tfce_maxima(stat_maps, work.graph, work.tfce_E, work.tfce_H, work.tfce_dh, work.two_sided)
+    return out
+
+
+def _kernel_maps(work: BlockWork, orders: np.ndarray, signs: np.ndarray) -> dict[str, np.ndarray]:
+    """Whole v / G maps of one unit of elements, then their max-T, cluster and TFCE maxima (``work.sum_squares``
+    holds the squared residualised data here)."""
+    stat_maps, _ = shuffled_statistics(work.kernel, work.data, work.sum_squares, orders, signs, with_dof=False)
+    test = np.abs(stat_maps) if work.mode == "abs" else stat_maps
+    out: dict[str, np.ndarray] = {
+        "maxt": np.fmax.reduce(test, axis=1, initial=-np.inf),
+        "exceedances": np.count_nonzero(test >= tie_reference(work.observed), axis=0),
+    }
+    del test
+    stat_maps = np.where(np.isnan(stat_maps), 0.0, stat_maps)
     if any(m in CLUSTER_METHODS for m in work.methods):
         out["clustersize"], out["clustermass"] = cluster_maxima(stat_maps, work.threshold, work.graph,
                                                                 work.two_sided)

@@ -40,6 +40,11 @@ from runner.inference.permutation.scores import (
     score_mode,
     scores_to_statistics,
 )
+from runner.inference.permutation.variance_groups import (
+    make_kernel,
+    observed_statistics,
+    variance_group_scheme,
+)
 from runner.inference.permutation.spatial import (
     CLUSTER_METHODS,
     cluster_forming_threshold,
@@ -138,27 +143,36 @@ def permutation_inference(
         None if options.exchangeability_blocks is None else np.asarray(options.exchangeability_blocks),
         design.shape[0], options.whole_block,
     )
-    scheme = options.scheme
-    if scheme == "auto":
-        scheme = choose_scheme(model.basis[:, : model.n_effects], blocks, options.whole_block)
+    scheme, scheme_reason = _choose_scheme(options, model, blocks)
     permutations = make_permutation_set(
         design, options.n_permutations, options.seed, scheme, blocks, options.whole_block
     )
     if scheme == "permutation":
         model = separate_invariant_nuisance(model, invariant_subspace(blocks, design.shape[0], options.whole_block))
+    # the statistic kernel: pooled-variance t/F scores (.scores) or, with variance groups, v/G (.variance_groups)
+    kernel = None if options.variance_groups is None else make_kernel(model, np.asarray(options.variance_groups))
+    statistic = model.stat_type if kernel is None else kernel.statistic
     two_sided = bool(options.two_sided) and model.stat_type == "t"
     mode = score_mode(model, two_sided)
     budget = int(options.memory_budget_bytes or DEFAULT_MEMORY_BUDGET)
     n_elements, (n_rows, n_voxels) = permutations.size, Y.shape
     rank = model.basis.shape[1]
 
-    messages = [permutations.describe()]
+    messages = [permutations.describe(), f"scheme: {scheme.replace('_', '-')} ({scheme_reason})"]
     if permutations.size < 20:
         messages.append(f"only {permutations.size} elements: the smallest attainable p-value is 1/{permutations.size}")
     messages.append(
         f"{model.stat_type} test, {model.dof} degrees of freedom, {options.method.replace('_', '-')} regression"
         + (", two-sided" if two_sided else ", one-sided" if model.stat_type == "t" else "")
     )
+    if kernel is not None:
+        messages.append(
+            f"statistic {statistic} (Winkler et al. 2014) with {kernel.n_groups} variance groups of "
+            f"{', '.join(str(int(n)) for n in kernel.sizes)} rows; degrees of freedom per voxel "
+            + ("(Welch-Satterthwaite)" if statistic == "v" else "(Welch's approximate F)")
+            + "; cluster-forming threshold on the statistic at the ordinary "
+            + f"{model.stat_type} quantile"
+        )
 
     spatial = [m for m in methods if m in SPATIAL_METHODS]
     graph = voxel_graph(mask, options.connectivity) if spatial else None
@@ -173,12 +187,19 @@ def permutation_inference(
     # observed statistics, chunk by chunk over voxels; two-sided t tests compare |t|
     map_mode = "F" if model.stat_type == "F" else "signed"
     signed = np.empty(n_voxels)
+    dof_map = None if kernel is None else np.empty(n_voxels)
     chunk = max(1, min(n_voxels, budget // (8 * (3 * n_rows + 4 * rank + 8))))
+    if kernel is not None:
+        chunk = max(1, min(n_voxels, budget // (8 * (2 * n_rows + kernel.working_rows))))
     for v0 in range(0, n_voxels, chunk):
+        if kernel is not None:
+            signed[v0 : v0 + chunk], dof_map[v0 : v0 + chunk] = observed_statistics(
+                kernel, Y[:, v0 : v0 + chunk], model, options.method)
+            continue
         _, observed_data = residualise(Y[:, v0 : v0 + chunk], model, options.method)
         signed[v0 : v0 + chunk] = observed_scores(observed_data, model, map_mode)
     observed = np.abs(signed) if mode == "abs" else signed
-    stat = scores_to_statistics(signed, model, map_mode)
+    stat = signed.copy() if kernel is not None else scores_to_statistics(signed, model, map_mode)
     excluded = np.isnan(observed)
     if excluded.all():
         raise RunnerError("every voxel has zero residual variance; nothing to test")
@@ -187,16 +208,18 @@ def permutation_inference(
 
     # the null, in blocks of permutations run by the executor
     common = dict(model=model, permutations=permutations, observed=observed, mode=mode, regression=options.method,
-                  two_sided=two_sided)
+                  two_sided=two_sided, kernel=kernel)
     if spatial:
         shuffled, _ = residualise(Y, model, options.method)
         if excluded.any():
             shuffled = shuffled.copy() if shuffled is Y else shuffled
             shuffled[:, excluded] = 0.0
-        unit = spatial_unit(n_elements, n_voxels, rank, budget)
+        unit = spatial_unit(n_elements, n_voxels, rank if kernel is None else kernel.working_rows, budget)
+        # the t/F kernel reads the moving sum of squares, the v/G kernel the squared data
+        sum_squares = moving_sum_squares(shuffled, model) if kernel is None else shuffled * shuffled
         work = BlockWork(data=shuffled, unit=unit, methods=methods, graph=graph, threshold=threshold,
                          tfce_E=options.tfce_E, tfce_H=options.tfce_H, tfce_dh=options.tfce_dh,
-                         sum_squares=moving_sum_squares(shuffled, model), **common)
+                         sum_squares=sum_squares, **common)
         task_function = spatial_block
     else:
         unit = PERMUTATION_BLOCK
@@ -223,7 +246,7 @@ def permutation_inference(
     if "maxt" in methods:
         null_scores = np.concatenate([[np.nanmax(observed)], gather("maxt")])
         corrected["maxt"] = fwe_p_values(observed, null_scores)
-        null_max["maxt"] = scores_to_statistics(null_scores, model, mode)
+        null_max["maxt"] = null_scores if kernel is not None else scores_to_statistics(null_scores, model, mode)
 
     tfce_map = None
     stat_for_maps = np.where(excluded, 0.0, stat)
@@ -260,4 +283,20 @@ def permutation_inference(
         cluster_forming_threshold=threshold,
         permutations=permutations,
         messages=messages,
+        statistic=statistic,
+        dof_map=None if dof_map is None else np.where(excluded, np.nan, dof_map),
+        scheme_reason=scheme_reason,
     )
+
+
+def _choose_scheme(options: PermutationOptions, model, blocks: np.ndarray | None) -> tuple[str, str]:
+    """The scheme to run and why: variance groups decide it (:func:`~.variance_groups.variance_group_scheme`),
+    else ``auto`` sign-flips when permuting rows cannot move the effect and permutes otherwise."""
+    if options.variance_groups is not None:
+        return variance_group_scheme(options.scheme, np.asarray(options.variance_groups), blocks)
+    if options.scheme != "auto":
+        return options.scheme, "requested"
+    scheme = choose_scheme(model.basis[:, : model.n_effects], blocks, options.whole_block)
+    if scheme == "sign_flip":
+        return scheme, "auto: permuting rows cannot move the effect (e.g. a one-sample test), so signs are flipped"
+    return scheme, "auto: rows are exchangeable under the null, so they are permuted"

@@ -32,7 +32,9 @@ class PermutationOptions:
     working arrays of each worker (default 512 MiB), on top of the data and, for cluster and TFCE methods, their
     float64 residuals. ``n_jobs`` is the number of local workers when no executor is given. ``block_size`` is the
     number of permutations per task (rounded up to whole GEMM units; None: chosen from the number of workers);
-    neither changes the results.
+    neither changes the results. ``variance_groups`` gives one label per row: the statistic becomes the
+    Aspin–Welch v (t contrasts) or G (F contrasts) of Winkler et al. 2014 and the "auto" scheme sign-flips
+    (see :mod:`.variance_groups`).
     """
 
     n_permutations: int = 10000
@@ -51,6 +53,7 @@ class PermutationOptions:
     progress: bool | Callable[[int, int], None] = False
     memory_budget_bytes: int | None = None
     block_size: int | None = None
+    variance_groups: np.ndarray | Sequence | None = None
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,9 @@ class PermutationResult:
     Maps are in-mask vectors (V,) in the order of ``np.flatnonzero(mask)``. ``corrected_p[method]`` is the
     FWE-corrected p of each voxel (for cluster methods the p of the voxel's cluster, 1 outside clusters);
     ``logp`` is ``-log10`` of it. ``null_max[method]`` has one value per element, identity first.
+    ``statistic`` names what ``stat`` holds: "t" or "F", or "v" or "G" with variance groups, whose per-voxel
+    degrees of freedom are ``dof_map`` (``dof`` is then that of the ordinary t/F). ``scheme_reason`` says why
+    the scheme was chosen.
     """
 
     stat: np.ndarray
@@ -79,3 +85,10 @@ class PermutationResult:
     cluster_forming_threshold: float | None
     permutations: PermutationSet
     messages: list[str] = field(default_factory=list)
+    statistic: str = ""
+    dof_map: np.ndarray | None = None
+    scheme_reason: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.statistic:
+            object.__setattr__(self, "statistic", self.stat_type)
