@@ -42,6 +42,7 @@ class DataConfig:
     resample: bool = True
     nan_policy: str = field(default="exclude", metadata=check(one_of("exclude", "error")))
     dtype: str = field(default="float64", metadata=check(one_of("float64", "float32")))
+    variance_column: str = "variance_path"  # table column naming each map's first-level variance map (model=mfx)
 
 
 @dataclass
@@ -51,6 +52,15 @@ class DesignConfig:
     formula: Optional[str] = "1"
     matrix: Optional[str] = None
     drop_missing: bool = False
+
+
+@dataclass
+class ModelConfig:
+    """The group model: ordinary least squares, or mixed effects using the first-level variances (runner/mfx.py)."""
+
+    kind: str = field(default="ols", metadata=check(one_of("ols", "mfx")))
+    tau2_estimator: str = field(default="reml", metadata=check(one_of("reml", "dl")))  # mfx: REML or DerSimonian-Laird
+    knapp_hartung: bool = True  # mfx: scale the effect variance by e'We/(n-p) (Knapp & Hartung 2003); t on n-p dof
 
 
 @dataclass
@@ -70,6 +80,7 @@ class RunSettings:
     design: DesignConfig
     contrasts: list[ContrastConfig]
     correction: dict[str, Any]
+    model: ModelConfig = field(default_factory=ModelConfig)
     seed: int = 0
     n_jobs: int = 1
     progress: Optional[bool] = None  # None: on when stderr is a terminal
@@ -101,8 +112,10 @@ def build_settings(config: Any) -> RunSettings:
     design = convert(DesignConfig, config.get("design") or {}, "design")
     contrasts = _contrasts(config.get("contrasts"))
     correction = _corrections(config.get("correction"))
-    top = {k: v for k, v in config.items() if k not in ("data", "design", "contrasts", "correction")}
-    settings = RunSettings(data=data, design=design, contrasts=contrasts, correction=correction,
+    model = convert(ModelConfig, config.get("model") or {}, "model")
+    _refuse_mfx_permutation(model, correction)
+    top = {k: v for k, v in config.items() if k not in ("data", "design", "contrasts", "correction", "model")}
+    settings = RunSettings(data=data, design=design, contrasts=contrasts, correction=correction, model=model,
                            **{k: _coerce(f"{k}", v, _field_types(RunSettings)[k]) for k, v in top.items()})
     if settings.n_jobs < 1:
         raise RunnerError(f"n_jobs must be >= 1, got {settings.n_jobs}")
@@ -115,6 +128,18 @@ def build_settings(config: Any) -> RunSettings:
     if design.formula is None and design.matrix is None:
         raise RunnerError("set design.formula (e.g. '1') or design.matrix")
     return settings
+
+
+def _refuse_mfx_permutation(model: ModelConfig, correction: dict[str, Any]) -> None:
+    """Permutation methods permute the OLS model; with model=mfx they would test another statistic than the maps."""
+    if model.kind != "mfx":
+        return
+    from runner.inference.registry import get
+
+    permuted = [name for name in correction if get(name).family == "permutation"]
+    if permuted:
+        raise RunnerError(f"correction {', '.join(permuted)} permutes the OLS model and is not available with "
+                          "model=mfx yet; use fdr, bonferroni, fpr or ari with model=mfx, or model=ols")
 
 
 def convert(cls: type, mapping: Any, prefix: str) -> Any:
