@@ -113,7 +113,7 @@ def build_settings(config: Any) -> RunSettings:
     contrasts = _contrasts(config.get("contrasts"))
     correction = _corrections(config.get("correction"))
     model = convert(ModelConfig, config.get("model") or {}, "model")
-    _refuse_mfx_permutation(model, correction)
+    _check_mixed_effects(model, data, correction)
     top = {k: v for k, v in config.items() if k not in ("data", "design", "contrasts", "correction", "model")}
     settings = RunSettings(data=data, design=design, contrasts=contrasts, correction=correction, model=model,
                            **{k: _coerce(f"{k}", v, _field_types(RunSettings)[k]) for k, v in top.items()})
@@ -130,10 +130,14 @@ def build_settings(config: Any) -> RunSettings:
     return settings
 
 
-def _refuse_mfx_permutation(model: ModelConfig, correction: dict[str, Any]) -> None:
-    """Permutation methods permute the OLS model; with model=mfx they would test another statistic than the maps."""
+def _check_mixed_effects(model: ModelConfig, data: DataConfig, correction: dict[str, Any]) -> None:
+    """What model=mfx cannot do yet: permutation methods (they permute the OLS model, so they would test another
+    statistic than the maps), and smoothing (the variance maps would have to be smoothed by the squared kernel)."""
     if model.kind != "mfx":
         return
+    if data.smoothing_fwhm:
+        raise RunnerError("data.smoothing_fwhm smooths the effect maps but not their first-level variances, which "
+                          "model=mfx uses; smooth at the first level and unset data.smoothing_fwhm")
     from runner.inference.registry import get
 
     permuted = [name for name in correction if get(name).family == "permutation"]

@@ -12,7 +12,8 @@ from runner.outputs import results
 from runner.outputs.writer import OutputWriter
 from runner.stages import model as model_stage
 from runner.stages.inference import run_corrections
-from runner.stages.prepare import gather_inputs, input_files, load_with_progress, make_contrasts, make_design
+from runner.stages.prepare import (gather_inputs, input_files, load_with_progress, make_contrasts, make_design,
+                                   table_source)
 
 
 def run_stages(settings: RunSettings, writer: OutputWriter, timings: Any, resolved: dict[str, Any],
@@ -33,7 +34,10 @@ def run_stages(settings: RunSettings, writer: OutputWriter, timings: Any, resolv
     with timings.stage("design_outputs"):
         results.write_design(writer, design, contrasts, report=settings.report)
     with timings.stage("fit"):
-        fitted = model_stage.fit(settings, data, design, contrasts)
+        if settings.model.kind == "mfx":
+            fitted = _fit_mixed_effects(settings, writer, data, inputs, design, contrasts, fields)
+        else:
+            fitted = model_stage.fit(settings, data, design, contrasts)
     fields["dof"] = {c.name: fitted[c.name].dof for c in contrasts}
     with timings.stage("maps"):
         fields["notes"].extend(results.write_contrast_maps(writer, data, contrasts, fitted))
@@ -48,3 +52,20 @@ def run_stages(settings: RunSettings, writer: OutputWriter, timings: Any, resolv
 
             report.write_report(writer, settings, data, design, contrasts, fields, summary)
     return summary
+
+
+def _fit_mixed_effects(settings: RunSettings, writer: OutputWriter, data: Any, inputs: Any, design: Any,
+                       contrasts: Any, fields: dict[str, Any]) -> dict[str, Any]:
+    """model=mfx: load the first-level variance maps, fit, and write the between-subject variance map."""
+    from runner.data.variances import load_variances, variance_images
+
+    source, folder = table_source(settings)
+    images = variance_images(inputs.table, settings.data.variance_column, folder, source)
+    variances, digests = load_variances(images, data.mask, data.affine, allow_resample=settings.data.resample,
+                                        n_jobs=settings.n_jobs)
+    fields["inputs"].extend({"path": str(ref), "sha256": digests.get(str(ref.path)), "role": "variance"}
+                            for ref in images)
+    fitted, tau2, notes = model_stage.fit_mfx(settings, data, variances, design, contrasts)
+    fields["notes"].extend(notes)
+    writer.map(data.unmask(tau2), data.affine, contrast=None, stat="tau2", name="stat-tau2_statmap.nii.gz")
+    return fitted
