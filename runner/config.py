@@ -60,7 +60,9 @@ class ModelConfig:
 
     kind: str = field(default="ols", metadata=check(one_of("ols", "mfx")))
     tau2_estimator: str = field(default="reml", metadata=check(one_of("reml", "dl")))  # mfx: REML or DerSimonian-Laird
-    knapp_hartung: bool = True  # mfx: scale the effect variance by e'We/(n-p) (Knapp & Hartung 2003); t on n-p dof
+    knapp_hartung: bool = True  # mfx: scale the effect variance by e'We/(n-p) (Knapp & Hartung 2003)
+    # mfx: t/F degrees of freedom: effective = Kish's effective number of maps minus p, per voxel; residual = n - p
+    dof: str = field(default="effective", metadata=check(one_of("effective", "residual")))
 
 
 @dataclass

@@ -28,22 +28,24 @@ def fit(settings: RunSettings, data: GroupData, design: Design,
 
 
 def fit_mfx(settings: RunSettings, data: GroupData, variances: np.ndarray, design: Design,
-            contrasts: list[Contrast]) -> tuple[dict[str, ContrastResult], np.ndarray, list[str]]:
-    """Mixed-effects fit of every contrast; returns the results, tau2 at every voxel, and notes for the report."""
+            contrasts: list[Contrast]) -> tuple[dict[str, ContrastResult], np.ndarray, np.ndarray, list[str]]:
+    """Mixed-effects fit of every contrast; returns the results, tau2 and the degrees of freedom at every voxel, and
+    notes for the report."""
     options = settings.model
-    fitted, tau2, not_converged = model.fit_contrasts_mfx(
+    fitted, tau2, voxel_dof, not_converged = model.fit_contrasts_mfx(
         data.Y, variances, design.matrix.to_numpy(dtype=float), contrasts, estimator=options.tau2_estimator,
-        knapp_hartung=options.knapp_hartung, memory_budget_bytes=memory_budget_bytes(settings.memory_budget_gb),
-        n_jobs=settings.n_jobs)
+        knapp_hartung=options.knapp_hartung, dof=options.dof,
+        memory_budget_bytes=memory_budget_bytes(settings.memory_budget_gb), n_jobs=settings.n_jobs)
     dof = next(iter(fitted.values())).dof
     log.info("fitted mixed effects at %d voxel(s): tau2 by %s (zero at %d voxel(s), median %.4g), %s variance, "
-             "t on %d degrees of freedom", data.n_voxels, options.tau2_estimator.upper(), int(np.sum(tau2 == 0)),
-             float(np.median(tau2)) if tau2.size else float("nan"),
-             "Knapp-Hartung" if options.knapp_hartung else "model-based", dof)
+             "%s degrees of freedom (median %.1f, at most %d)", data.n_voxels, options.tau2_estimator.upper(),
+             int(np.sum(tau2 == 0)), float(np.median(tau2)) if tau2.size else float("nan"),
+             "Knapp-Hartung" if options.knapp_hartung else "model-based", options.dof,
+             float(np.median(voxel_dof)) if voxel_dof.size else float("nan"), dof)
     notes = []
     if not_converged:
         message = (f"REML did not converge within {model.mfx.MAX_ITERATIONS} iterations at {not_converged} voxel(s); "
                    "their tau2 is the last iterate (try model.tau2_estimator=dl)")
         log.warning(message)
         notes.append(message)
-    return fitted, tau2, notes
+    return fitted, tau2, voxel_dof, notes

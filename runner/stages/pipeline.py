@@ -65,7 +65,9 @@ def _fit_mixed_effects(settings: RunSettings, writer: OutputWriter, data: Any, i
                                         n_jobs=settings.n_jobs)
     fields["inputs"].extend({"path": str(ref), "sha256": digests.get(str(ref.path)), "role": "variance"}
                             for ref in images)
-    fitted, tau2, notes = model_stage.fit_mfx(settings, data, variances, design, contrasts)
+    fitted, tau2, voxel_dof, notes = model_stage.fit_mfx(settings, data, variances, design, contrasts)
     fields["notes"].extend(notes)
     writer.map(data.unmask(tau2), data.affine, contrast=None, stat="tau2", name="stat-tau2_statmap.nii.gz")
+    if settings.model.dof == "effective":  # the t/F reference of every contrast's p and z, voxel by voxel
+        writer.map(data.unmask(voxel_dof), data.affine, contrast=None, stat="dof", name="stat-dof_statmap.nii.gz")
     return fitted
