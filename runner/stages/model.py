@@ -42,7 +42,11 @@ def fit_mfx(settings: RunSettings, data: GroupData, variances: np.ndarray, desig
              int(np.sum(tau2 == 0)), float(np.median(tau2)) if tau2.size else float("nan"),
              "Knapp-Hartung" if options.knapp_hartung else "model-based", options.dof,
              float(np.median(voxel_dof)) if voxel_dof.size else float("nan"), dof)
-    notes = []
+    notes = [f"mixed effects (model=mfx): tau2 by {'REML' if options.tau2_estimator == 'reml' else 'DerSimonian-Laird'}"
+             f" (zero at {int(np.sum(tau2 == 0))} of {tau2.size} voxel(s)), weighted least squares, "
+             f"{'Knapp-Hartung' if options.knapp_hartung else 'model-based'} variance, t/F on "
+             + (f"the effective degrees of freedom (median {float(np.median(voxel_dof)):.1f}, at most {dof}; "
+                "stat-dof_statmap.nii.gz)" if options.dof == "effective" else f"{dof} degrees of freedom")]
     if not_converged:
         message = (f"REML did not converge within {model.mfx.MAX_ITERATIONS} iterations at {not_converged} voxel(s); "
                    "their tau2 is the last iterate (try model.tau2_estimator=dl)")
