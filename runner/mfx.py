@@ -14,8 +14,8 @@ AFNI 3dMEMA and random-effects meta-regression (PyMARE, metafor):
   with ``n_eff = (sum w_i)^2 / sum w_i^2`` Kish's effective number of maps under the fitted weights, or on
   ``n - rank(X)`` (``dof="residual"``). With equal weights both are ``n - rank(X)``. Unequal weights rest the
   estimate on fewer maps than n, and the null simulations of ``benchmarks/bench_mfx.py`` show what ``n - rank(X)``
-  then costs: with first-level variances spanning 100x, Bonferroni FWE 0.31-0.36 at alpha 0.05 (0.00-0.04 with the
-  effective dof). F contrasts use the same covariance on ``(rank(C), dof)``.
+  then costs: with 24 maps whose first-level variances span 100x and tau2 0.16-0.5, Bonferroni FWE 0.35-0.40 at
+  alpha 0.05 (0.006-0.034 with the effective dof). F contrasts use the same covariance on ``(rank(C), dof)``.
 
 Every voxel has its own weights, so the small (p x p) systems are batched over voxels (no Python loop over voxels);
 the REML iterations stop per voxel and are bounded.
