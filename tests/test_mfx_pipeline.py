@@ -130,3 +130,34 @@ def test_demo_mfx_finds_more_of_the_planted_mean_than_ols(tmp_path):
         assert found["mfx", method][0] > 1.25 * found["ols", method][0], found
     true_mfx, false_mfx = found["mfx", "fdr"]
     assert false_mfx <= 0.1 * (true_mfx + false_mfx), found
+
+
+def test_chunks_and_workers_do_not_change_the_mixed_effects_fit():
+    from runner import model
+    from runner.contrasts import Contrast
+
+    rng = np.random.default_rng(9)
+    n, n_voxels = 15, 3000
+    X = np.column_stack([np.ones(n), rng.normal(size=n)])
+    S = np.exp(rng.uniform(-3, 1.5, (n, 1))) * rng.uniform(0.8, 1.2, (n, n_voxels))
+    Y = rng.standard_normal((n, n_voxels)) * np.sqrt(S + 0.3) + 0.2
+    contrasts = [Contrast("slope", np.array([[0.0, 1.0]]), "t"), Contrast("both", np.eye(2), "F")]
+    whole = model.fit_contrasts_mfx(Y, S, X, contrasts)
+    chunked = model.fit_contrasts_mfx(Y, S, X, contrasts, memory_budget_bytes=1, n_jobs=2)
+    for a, b in zip(whole[1:3], chunked[1:3]):
+        np.testing.assert_array_equal(a, b)
+    for name in ("slope", "both"):
+        for field in ("effect", "variance", "stat", "p", "z"):
+            np.testing.assert_array_equal(getattr(whole[0][name], field), getattr(chunked[0][name], field))
+    assert whole[0]["both"].stat_type == "F" and whole[0]["both"].df_num == 2
+
+
+def test_f_contrast_maps_are_written(tmp_path):
+    table = write_study(tmp_path / "study", n=10)
+    run_dir = tmp_path / "run"
+    run_analysis(run_dir, ["model=mfx", "model.tau2_estimator=dl", f"data.table={table}", "design.formula=age",
+                           "contrasts=[{name:both,expr:[[1,0],[0,1]],type:F}]", "correction=[fdr]",
+                           "report=false"])
+    f_map = load(run_dir, "contrast-both_stat-F_statmap.nii.gz")
+    assert np.all(np.isfinite(f_map)) and np.all(f_map >= 0) and f_map.max() > 0
+    assert (run_dir / "contrast-both_stat-z_statmap.nii.gz").is_file()
