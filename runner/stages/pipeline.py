@@ -25,6 +25,7 @@ def run_stages(settings: RunSettings, writer: OutputWriter, timings: Any, resolv
         design, inputs = make_design(settings, inputs)
         contrasts = make_contrasts(settings, design)
         checked = validate_inputs(inputs, settings.data)  # every header, before any voxel is decoded
+        variance_refs = _variance_images(settings, inputs) if settings.model.kind == "mfx" else ()
         fields["input_files"] = input_files(settings)
     with timings.stage("load"):
         data, fields["data_cache"] = load_with_progress(inputs, settings, checked, writer.run_dir)
@@ -35,7 +36,7 @@ def run_stages(settings: RunSettings, writer: OutputWriter, timings: Any, resolv
         results.write_design(writer, design, contrasts, report=settings.report)
     with timings.stage("fit"):
         if settings.model.kind == "mfx":
-            fitted = _fit_mixed_effects(settings, writer, data, inputs, design, contrasts, fields)
+            fitted = _fit_mixed_effects(settings, writer, data, variance_refs, design, contrasts, fields)
         else:
             fitted = model_stage.fit(settings, data, design, contrasts)
     fields["dof"] = {c.name: fitted[c.name].dof for c in contrasts}
@@ -54,13 +55,19 @@ def run_stages(settings: RunSettings, writer: OutputWriter, timings: Any, resolv
     return summary
 
 
-def _fit_mixed_effects(settings: RunSettings, writer: OutputWriter, data: Any, inputs: Any, design: Any,
-                       contrasts: Any, fields: dict[str, Any]) -> dict[str, Any]:
-    """model=mfx: load the first-level variance maps, fit, and write the between-subject variance map."""
-    from runner.data.variances import load_variances, variance_images
+def _variance_images(settings: RunSettings, inputs: Any) -> tuple[Any, ...]:
+    """model=mfx: the variance map of every kept row (its column is checked before any map is read)."""
+    from runner.data.variances import variance_images
 
     source, folder = table_source(settings)
-    images = variance_images(inputs.table, settings.data.variance_column, folder, source)
+    return variance_images(inputs.table, settings.data.variance_column, folder, source)
+
+
+def _fit_mixed_effects(settings: RunSettings, writer: OutputWriter, data: Any, images: tuple[Any, ...],
+                       design: Any, contrasts: Any, fields: dict[str, Any]) -> dict[str, Any]:
+    """model=mfx: load the first-level variance maps, fit, and write the between-subject variance map."""
+    from runner.data.variances import load_variances
+
     variances, digests = load_variances(images, data.mask, data.affine, allow_resample=settings.data.resample,
                                         n_jobs=settings.n_jobs)
     fields["inputs"].extend({"path": str(ref), "sha256": digests.get(str(ref.path)), "role": "variance"}
