@@ -42,6 +42,7 @@ class DataConfig:
     resample: bool = True
     nan_policy: str = field(default="exclude", metadata=check(one_of("exclude", "error")))
     dtype: str = field(default="float64", metadata=check(one_of("float64", "float32")))
+    variance_column: str = "variance_path"  # table column naming each map's first-level variance map (model=mfx)
 
 
 @dataclass
@@ -51,6 +52,17 @@ class DesignConfig:
     formula: Optional[str] = "1"
     matrix: Optional[str] = None
     drop_missing: bool = False
+
+
+@dataclass
+class ModelConfig:
+    """The group model: ordinary least squares, or mixed effects using the first-level variances (runner/mfx.py)."""
+
+    kind: str = field(default="ols", metadata=check(one_of("ols", "mfx")))
+    tau2_estimator: str = field(default="reml", metadata=check(one_of("reml", "dl")))  # mfx: REML or DerSimonian-Laird
+    knapp_hartung: bool = True  # mfx: scale the effect variance by e'We/(n-p) (Knapp & Hartung 2003)
+    # mfx: t/F degrees of freedom: effective = Kish's effective number of maps minus p, per voxel; residual = n - p
+    dof: str = field(default="effective", metadata=check(one_of("effective", "residual")))
 
 
 @dataclass
@@ -73,6 +85,7 @@ class RunSettings:
     data: DataConfig = field(default_factory=DataConfig)
     design: DesignConfig = field(default_factory=DesignConfig)
     correction: dict[str, Any] = field(default_factory=dict)
+    model: ModelConfig = field(default_factory=ModelConfig)
     name: str = "analysis"  # experiment folder under output_root
     contrasts: list[ContrastConfig] = field(default_factory=list)
     seed: int = 0
@@ -88,7 +101,7 @@ class RunSettings:
     cache_max_gb: float = 5.0  # size cap of the data cache (least recently used entries are evicted)
 
 
-GROUPS = ("data", "design", "correction")  # config groups: one option file per choice under conf/<group>/
+GROUPS = ("data", "design", "correction", "model")  # config groups: one option file per choice under conf/<group>/
 TOP_LEVEL_KEYS = {f.name for f in dataclasses.fields(RunSettings)} | {"experiment", "hydra"}
 
 
@@ -116,7 +129,7 @@ def recorded_config(settings: RunSettings, resolved: dict[str, Any]) -> dict[str
     (and one config hash) whether a number was typed as 6 or 6.0.
     """
     out = dict(resolved)
-    for group in ("data", "design"):
+    for group in ("data", "design", "model"):
         if isinstance(out.get(group), dict):
             typed = dataclasses.asdict(getattr(settings, group))
             out[group] = {k: typed.get(k, v) for k, v in out[group].items()}
@@ -149,8 +162,10 @@ def build_settings(config: Any) -> RunSettings:
     design = convert(DesignConfig, config.get("design") or {}, "design")
     contrasts = _contrasts(config.get("contrasts"))
     correction = _corrections(config.get("correction"))
-    top = {k: v for k, v in config.items() if k not in ("data", "design", "contrasts", "correction")}
-    settings = RunSettings(data=data, design=design, contrasts=contrasts, correction=correction,
+    model = convert(ModelConfig, config.get("model") or {}, "model")
+    _check_mixed_effects(model, data, correction)
+    top = {k: v for k, v in config.items() if k not in ("data", "design", "contrasts", "correction", "model")}
+    settings = RunSettings(data=data, design=design, contrasts=contrasts, correction=correction, model=model,
                            **{k: _coerce(f"{k}", v, _field_types(RunSettings)[k]) for k, v in top.items()})
     if settings.n_jobs < 1:
         raise RunnerError(f"n_jobs must be >= 1, got {settings.n_jobs}")
@@ -167,6 +182,22 @@ def build_settings(config: Any) -> RunSettings:
         raise RunnerError(f"design.formula {design.formula!r} and design.matrix {design.matrix} are both set; "
                           "the matrix is used as it is, so drop the formula (design.formula=null) or the matrix")
     return settings
+
+
+def _check_mixed_effects(model: ModelConfig, data: DataConfig, correction: dict[str, Any]) -> None:
+    """What model=mfx cannot do yet: permutation methods (they permute the OLS model, so they would test another
+    statistic than the maps), and smoothing (the variance maps would have to be smoothed by the squared kernel)."""
+    if model.kind != "mfx":
+        return
+    if data.smoothing_fwhm:
+        raise RunnerError("data.smoothing_fwhm smooths the effect maps but not their first-level variances, which "
+                          "model=mfx uses; smooth at the first level and unset data.smoothing_fwhm")
+    from runner.inference.registry import get
+
+    permuted = [name for name in correction if get(name).family == "permutation"]
+    if permuted:
+        raise RunnerError(f"correction {', '.join(permuted)} permutes the OLS model and is not available with "
+                          "model=mfx yet; use fdr, bonferroni, fpr or ari with model=mfx, or model=ols")
 
 
 def convert(cls: type, mapping: Any, prefix: str) -> Any:

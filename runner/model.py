@@ -1,4 +1,5 @@
-"""Fit the GLM and compute every contrast, voxel chunk by voxel chunk within a memory budget."""
+"""Fit the group model (OLS, or mixed effects with first-level variances) and compute every contrast, voxel chunk by
+voxel chunk within a memory budget."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import logging
 
 import numpy as np
 
-from runner import glm
+from runner import glm, mfx
 from runner.chunks import chunk_size_for, chunk_slices, map_chunks, read_chunk
 from runner.contrasts import Contrast
 from runner.execution import Executor, LocalExecutor
@@ -14,6 +15,7 @@ from runner.execution import Executor, LocalExecutor
 log = logging.getLogger(__name__)
 
 RESULT_ARRAYS = 6  # effect, variance, stat, p, z (+ a temporary) per contrast and voxel, float64
+MFX_CHUNK_COPIES = 12  # mixed effects: data, variances, weights, residuals and their products, (V, p, p) systems
 CHUNK_COPIES = 4  # float64 (n x chunk) arrays alive while one chunk is fitted: data, fitted values, residuals, |Y|
 
 
@@ -55,6 +57,56 @@ def fit_contrasts(Y: np.ndarray, X: np.ndarray, contrasts: list[Contrast], *,
     arguments = (executor.share(Y), X, contrasts)
     parts = list(map_chunks(fit_chunk, slices, executor=executor, arguments=arguments))
     return {c.name: _concatenate([part[c.name] for part in parts]) for c in contrasts}
+
+
+def fit_contrasts_mfx(Y: np.ndarray, S: np.ndarray, X: np.ndarray, contrasts: list[Contrast], *,
+                      estimator: str = "reml", knapp_hartung: bool = True, dof: str = "effective",
+                      memory_budget_bytes: float | None = None, n_jobs: int = 1,
+                      executor: Executor | None = None) -> tuple[dict[str, glm.ContrastResult], np.ndarray,
+                                                                 np.ndarray, int]:
+    """Mixed-effects fit (:func:`runner.mfx.mfx_fit`) and every contrast, in voxel chunks as :func:`fit_contrasts`.
+
+    Parameters
+    ----------
+    Y : (n, V) first-level effects.
+    S : (n, V) their first-level variances (positive, finite).
+    X, contrasts, memory_budget_bytes, n_jobs, executor : as in :func:`fit_contrasts`.
+    estimator : ``"reml"`` or ``"dl"`` for the between-subject variance tau2.
+    knapp_hartung : use the Knapp-Hartung variance of the contrasts.
+    dof : ``"effective"`` or ``"residual"`` degrees of freedom (:func:`runner.mfx.mfx_fit`).
+
+    Returns
+    -------
+    The contrast results by name, tau2 (V,), the degrees of freedom at each voxel (V,), and the number of voxels
+    whose REML iterations did not converge.
+    """
+    n, n_voxels = Y.shape
+    executor = executor or LocalExecutor(n_jobs)
+    working = None
+    if memory_budget_bytes is not None:
+        results = (RESULT_ARRAYS * sum(max(1, c.matrix.shape[0]) for c in contrasts) + 2) * 8 * n_voxels
+        working = (float(memory_budget_bytes) - resident_bytes(Y) - resident_bytes(S) - results) \
+            / max(1, executor.n_workers)
+    size = chunk_size_for(n, n_voxels, working, copies=MFX_CHUNK_COPIES + X.shape[1] ** 2)
+    slices = chunk_slices(n_voxels, size)
+    log.info("fitting mixed effects (tau2 by %s) at %d voxel(s) of %d map(s) in %d chunk(s)", estimator.upper(),
+             n_voxels, n, len(slices))
+    arguments = (executor.share(Y), executor.share(S), X, contrasts, estimator, knapp_hartung, dof)
+    parts = list(map_chunks(fit_chunk_mfx, slices, executor=executor, arguments=arguments))
+    fitted = {c.name: _concatenate([part[0][c.name] for part in parts]) for c in contrasts}
+    tau2 = np.concatenate([part[1] for part in parts])
+    voxel_dof = np.concatenate([part[2] for part in parts])
+    return fitted, tau2, voxel_dof, int(sum(part[3] for part in parts))
+
+
+def fit_chunk_mfx(Y: np.ndarray, S: np.ndarray, X: np.ndarray, contrasts: list[Contrast], estimator: str,
+                  knapp_hartung: bool, dof: str,
+                  piece: slice) -> tuple[dict[str, glm.ContrastResult], np.ndarray, np.ndarray, int]:
+    """Mixed effects and every contrast at the voxels ``piece`` (one task of the voxel loop)."""
+    fit = mfx.mfx_fit(read_chunk(Y, piece), read_chunk(S, piece), X, estimator=estimator,
+                      knapp_hartung=knapp_hartung, dof=dof)
+    results = {c.name: mfx.compute_contrast(fit, c.matrix, c.stat_type) for c in contrasts}
+    return results, fit.tau2, fit.voxel_dof, int(np.sum(~fit.converged))
 
 
 def fit_chunk(Y: np.ndarray, X: np.ndarray, contrasts: list[Contrast],

@@ -19,29 +19,32 @@ def _log_betainc_small_x(a: np.ndarray, b: np.ndarray, x: np.ndarray) -> np.ndar
             + np.log(special.hyp2f1(a, 1.0 - b, a + 1.0, x)))
 
 
-def t_logsf(t: np.ndarray, dof: float) -> np.ndarray:
-    """Natural log of the upper-tail probability P(T >= t) of Student's t with ``dof`` degrees of freedom."""
+def t_logsf(t: np.ndarray, dof: float | np.ndarray) -> np.ndarray:
+    """Natural log of the upper-tail probability P(T >= t) of Student's t with ``dof`` degrees of freedom
+    (a number, or an array of the shape of ``t``: one per voxel)."""
     t = np.asarray(t, dtype=float)
     with np.errstate(divide="ignore", invalid="ignore"):
         out = stats.t.logsf(t, dof)
         deep = np.isfinite(t) & (t > 0) & ~(out > _LOG_TAIL_SWITCH)
         if np.any(deep):
             td = t[deep]
-            x = dof / (dof + td * td)
-            out[deep] = np.log(0.5) + _log_betainc_small_x(np.full_like(td, dof / 2.0), np.full_like(td, 0.5), x)
+            dd = np.broadcast_to(np.asarray(dof, dtype=float), t.shape)[deep]
+            x = dd / (dd + td * td)
+            out[deep] = np.log(0.5) + _log_betainc_small_x(dd / 2.0, np.full_like(td, 0.5), x)
     return out
 
 
-def f_logsf(f: np.ndarray, dfn: float, dfd: float) -> np.ndarray:
-    """Natural log of the upper-tail probability P(F >= f) of Fisher's F(dfn, dfd)."""
+def f_logsf(f: np.ndarray, dfn: float, dfd: float | np.ndarray) -> np.ndarray:
+    """Natural log of the upper-tail probability P(F >= f) of Fisher's F(dfn, dfd) (``dfd`` may be one per voxel)."""
     f = np.asarray(f, dtype=float)
     with np.errstate(divide="ignore", invalid="ignore"):
         out = stats.f.logsf(f, dfn, dfd)
         deep = np.isfinite(f) & (f > 0) & ~(out > _LOG_TAIL_SWITCH)
         if np.any(deep):
             fd = f[deep]
-            x = dfd / (dfd + dfn * fd)
-            out[deep] = _log_betainc_small_x(np.full_like(fd, dfd / 2.0), np.full_like(fd, dfn / 2.0), x)
+            dd = np.broadcast_to(np.asarray(dfd, dtype=float), f.shape)[deep]
+            x = dd / (dd + dfn * fd)
+            out[deep] = _log_betainc_small_x(dd / 2.0, np.full_like(fd, dfn / 2.0), x)
     return out
 
 
@@ -50,7 +53,7 @@ def z_from_logsf(log_p: np.ndarray) -> np.ndarray:
     return -special.ndtri_exp(np.asarray(log_p, dtype=float))
 
 
-def t_to_z(t: np.ndarray, dof: float, log_sf: np.ndarray | None = None) -> np.ndarray:
+def t_to_z(t: np.ndarray, dof: float | np.ndarray, log_sf: np.ndarray | None = None) -> np.ndarray:
     """Convert t statistics to z-scores with the same one-sided tail probability (exact in the far tails).
 
     Uses the symmetry of both distributions, z(-t) = -z(t), so negative statistics are as exact as positive ones.
@@ -62,14 +65,14 @@ def t_to_z(t: np.ndarray, dof: float, log_sf: np.ndarray | None = None) -> np.nd
         negative = t < 0
         if np.any(negative):
             log_tail = log_tail.copy()
-            log_tail[negative] = t_logsf(-t[negative], dof)
+            log_tail[negative] = t_logsf(-t[negative], dof if np.ndim(dof) == 0 else np.asarray(dof)[negative])
         magnitude = z_from_logsf(log_tail)
         return np.where(t < 0, -magnitude, magnitude)
     magnitude = z_from_logsf(t_logsf(np.abs(t), dof))
     return np.where(t < 0, -magnitude, magnitude)
 
 
-def f_to_z(f: np.ndarray, dfn: float, dfd: float) -> np.ndarray:
+def f_to_z(f: np.ndarray, dfn: float, dfd: float | np.ndarray) -> np.ndarray:
     """Convert F statistics to z-scores with the same upper-tail probability."""
     return z_from_logsf(f_logsf(f, dfn, dfd))
 

@@ -64,11 +64,13 @@ EXPECTED_COLUMNS = {
     "localizer": ["subject", "path", "variance_path", "age", "sex", "group", "fluency"],
     "paired": ["subject", "condition", "stimulus", "path"],
     "vbm": ["subject", "path", "age", "sex", "tiv"],
+    "mixed": ["subject", "path", "variance_path", "n_trials"],
 }
 EXPECTED_TRUTH = {
     "localizer": ["mean", "group", "fluency"],
     "paired": ["mean", "condition"],
     "vbm": ["age", "sex", "tiv"],
+    "mixed": ["mean"],
 }
 
 

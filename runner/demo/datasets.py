@@ -1,4 +1,4 @@
-"""Seeded demo datasets (localizer, paired, vbm): generated on first use, cached, identical every time.
+"""Seeded demo datasets (localizer, paired, vbm, mixed): generated on first use, cached, identical every time.
 
 ``ensure_demo(name)`` returns the dataset's ``table.tsv``. Datasets live under the cache root
 (``root`` argument, else ``$RUNNER_DEMO_DIR``, else ``$XDG_CACHE_HOME/second-level-runner/demo``,
@@ -387,6 +387,12 @@ def generate_vbm(out_dir: Path, seed: int) -> None:
     )
 
 
+def _generate_mixed(out_dir: Path, seed: int) -> None:
+    from runner.demo.mixed_effects import generate_mixed  # its own module: it uses the helpers above
+
+    generate_mixed(out_dir, seed)
+
+
 # --------------------------------------------------------------------------------------------
 # Registry and cache
 
@@ -433,6 +439,14 @@ DEMO_DATASETS: dict[str, DemoDataset] = {
             "100 grey-matter maps (age 20-90) with age-related atrophy, a sex difference and TIV scaling",
             generate_vbm,
         ),
+        DemoDataset(
+            "mixed",
+            1,
+            20240604,
+            "24 subjects' effect maps with first-level variance maps spanning two orders of magnitude; a planted "
+            "group mean that mixed effects (model=mfx) finds with more power than OLS",
+            _generate_mixed,
+        ),
     )
 }
 
@@ -467,7 +481,7 @@ def ensure_demo(name: str, root: Path | str | None = None) -> Path:
     Parameters
     ----------
     name : str
-        One of ``DEMO_DATASETS`` ("localizer", "paired", "vbm").
+        One of ``DEMO_DATASETS`` ("localizer", "paired", "vbm", "mixed").
     root : Path or str, optional
         Cache root; default ``$RUNNER_DEMO_DIR`` or ``$XDG_CACHE_HOME/second-level-runner/demo``.
 

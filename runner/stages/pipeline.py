@@ -13,7 +13,7 @@ from runner.preflight import check_analysis
 from runner.outputs.writer import OutputWriter
 from runner.stages import model as model_stage
 from runner.stages.inference import run_corrections
-from runner.stages.prepare import gather_inputs, load_with_progress, make_contrasts, make_design
+from runner.stages.prepare import gather_inputs, load_with_progress, make_contrasts, make_design, table_source
 
 
 def run_stages(settings: RunSettings, writer: OutputWriter, timings: Any, resolved: dict[str, Any],
@@ -26,6 +26,7 @@ def run_stages(settings: RunSettings, writer: OutputWriter, timings: Any, resolv
         contrasts = make_contrasts(settings, design)
         checked = validate_inputs(inputs, settings.data)  # every header, before any voxel is decoded
         check_analysis(settings, design, checked.grid.shape)  # blocks, permutation memory, figure grid
+        variance_refs = _variance_images(settings, inputs) if settings.model.kind == "mfx" else ()
     with timings.stage("load"):
         data, fields["data_cache"] = load_with_progress(inputs, settings, checked, writer.run_dir)
     fields["inputs"] = [{"path": str(ref), "sha256": data.input_sha256.get(str(ref.path))} for ref in data.inputs]
@@ -34,7 +35,10 @@ def run_stages(settings: RunSettings, writer: OutputWriter, timings: Any, resolv
     with timings.stage("design_outputs"):
         results.write_design(writer, design, contrasts, report=settings.report)
     with timings.stage("fit"):
-        fitted = model_stage.fit(settings, data, design, contrasts)
+        if settings.model.kind == "mfx":
+            fitted = _fit_mixed_effects(settings, writer, data, variance_refs, design, contrasts, fields)
+        else:
+            fitted = model_stage.fit(settings, data, design, contrasts)
     fields["dof"] = {c.name: fitted[c.name].dof for c in contrasts}
     with timings.stage("maps"):
         fields["notes"].extend(results.write_contrast_maps(writer, data, contrasts, fitted))
@@ -49,3 +53,28 @@ def run_stages(settings: RunSettings, writer: OutputWriter, timings: Any, resolv
 
             report.write_report(writer, settings, data, design, contrasts, fields, summary)
     return summary
+
+
+def _variance_images(settings: RunSettings, inputs: Any) -> tuple[Any, ...]:
+    """model=mfx: the variance map of every kept row (its column is checked before any map is read)."""
+    from runner.data.variances import variance_images
+
+    source, folder = table_source(settings)
+    return variance_images(inputs.table, settings.data.variance_column, folder, source)
+
+
+def _fit_mixed_effects(settings: RunSettings, writer: OutputWriter, data: Any, images: tuple[Any, ...],
+                       design: Any, contrasts: Any, fields: dict[str, Any]) -> dict[str, Any]:
+    """model=mfx: load the first-level variance maps, fit, and write the between-subject variance map."""
+    from runner.data.variances import load_variances
+
+    variances, digests = load_variances(images, data.mask, data.affine, allow_resample=settings.data.resample,
+                                        n_jobs=settings.n_jobs)
+    fields["inputs"].extend({"path": str(ref), "sha256": digests.get(str(ref.path)), "role": "variance"}
+                            for ref in images)
+    fitted, tau2, voxel_dof, notes = model_stage.fit_mfx(settings, data, variances, design, contrasts)
+    fields["notes"].extend(notes)
+    writer.map(data.unmask(tau2), data.affine, contrast=None, stat="tau2", name="stat-tau2_statmap.nii.gz")
+    if settings.model.dof == "effective":  # the t/F reference of every contrast's p and z, voxel by voxel
+        writer.map(data.unmask(voxel_dof), data.affine, contrast=None, stat="dof", name="stat-dof_statmap.nii.gz")
+    return fitted

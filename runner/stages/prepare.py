@@ -45,6 +45,21 @@ def gather_inputs(settings: RunSettings) -> InputSet:
     return inputs
 
 
+def table_source(settings: RunSettings) -> tuple[str, Path | None]:
+    """The table that carries the covariates (and ``data.variance_column``), named for messages, and the folder its
+    relative paths resolve against: data.table (or the demo's table), or data.participants for a glob."""
+    data = settings.data
+    if data.glob and not data.image_4d:
+        path = data.participants
+        return (f"data.participants {path}", Path(path).parent) if path else ("the data.glob file list", None)
+    table = data.table
+    if table is None and data.demo and not data.image_4d:
+        from runner.demo.datasets import ensure_demo
+
+        table = str(ensure_demo(data.demo))
+    return (f"data.table {table}", Path(table).parent) if table else ("the data.image_4d table", None)
+
+
 def id_column(settings: RunSettings, inputs: InputSet) -> str | None:
     """The column naming rows in messages: ``data.id_column``, else participant_id / subject / subject_id."""
     if settings.data.id_column:
