@@ -21,9 +21,14 @@ log = logging.getLogger("runner")
 
 
 def gather_inputs(settings: RunSettings) -> InputSet:
-    """The input table and images named by the ``data`` group (demo, table, glob or 4D)."""
+    """The input table and images named by the ``data`` group (demo, table, glob, 4D or BIDS)."""
     data = settings.data
-    if data.image_4d:
+    if data.root and not data.image_4d:
+        from runner.data.bids import from_bids
+
+        inputs = from_bids(Path(data.root), data.entities, Path(data.participants) if data.participants else None,
+                           data.subject_column, settings.design.drop_missing)
+    elif data.image_4d:
         from runner.data.images import read_header
 
         header = read_header(Path(data.image_4d), what="data.image_4d")
@@ -54,12 +59,16 @@ def input_files(settings: RunSettings) -> list[dict[str, str]]:
     table, participants = data.table, None  # as gather_inputs reads them
     if data.glob and not data.image_4d:
         table, participants = None, data.participants
+    if data.root and not data.image_4d:
+        from runner.data.bids import participants_file
+
+        table, participants = None, participants_file(data.root, data.participants)
     elif table is None and data.demo and not data.image_4d:
         from runner.demo.datasets import ensure_demo
 
         table = str(ensure_demo(data.demo))
     files = (("table", table), ("participants", participants), ("mask", data.mask),
-             ("design_matrix", settings.design.matrix))
+             ("design_matrix", settings.design.matrix), ("bids_model", settings.design.bids_model))
     return [{"role": role, "path": str(path), "sha256": sha256_file(Path(path))}
             for role, path in files if path and Path(path).is_file()]
 
