@@ -34,6 +34,8 @@ def check_key(key: str) -> None:
         fields = _FIELDS(GROUP_SCHEMAS[head])
         if parts[1] not in fields:
             _unknown(key, [f"{head}.{f}" for f in fields])
+        if head == "data" and parts[1] == "entities" and len(parts) > 2:
+            _check_entity(key, parts[2])
     elif head == "correction":
         method = parts[1]
         known = correction_schemas()
@@ -45,6 +47,17 @@ def check_key(key: str) -> None:
                 _unknown(key, [f"correction.{method}.{f}" for f in fields])
     else:
         raise RunnerError(f"{head} is a single setting; {key} is not a key")
+
+
+def _check_entity(key: str, entity: str) -> None:
+    """``data.entities.<entity>``: conf/data/bids.yaml presets the usual ones; the others are added with ``+``."""
+    from runner.data.bids import ENTITIES, PRESET_ENTITIES
+
+    if entity in PRESET_ENTITIES:
+        return
+    if entity in ENTITIES:
+        raise RunnerError(f"{key} is not preset in data=bids; add it with a plus: +{key}=<label>")
+    _unknown(key, [f"data.entities.{e}" for e in ENTITIES])
 
 
 def _unknown(key: str, valid: list[str], what: str = "key") -> None:

@@ -186,3 +186,15 @@ def test_cli_refusal_is_one_line_exit_2(bids_tree, tmp_path):
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "sub-07" in lines[0], result.stderr
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.entities.contrst=language", "unknown key data.entities.contrst — did you mean data.entities.contrast"),
+    ("data.entities.run=1", "data.entities.run is not preset in data=bids; add it with a plus: \\+data\\.entities\\.run"),
+])
+def test_entity_keys_on_the_command_line_are_checked_before_composing(override, message):
+    from conftest import CONF
+    from runner.prevalidate import prevalidate
+
+    with pytest.raises(RunnerError, match=message):
+        prevalidate(["data=bids", "data.root=x", override], str(CONF))

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 ENTITIES = {"task": "task", "contrast": "contrast", "space": "space", "session": "session", "ses": "session",
             "desc": "desc", "run": "run", "acquisition": "acquisition", "acq": "acquisition",
             "reconstruction": "reconstruction", "rec": "reconstruction", "res": "res", "den": "den"}
+PRESET_ENTITIES = ("task", "contrast", "space", "session", "desc")  # listed (null) in conf/data/bids.yaml
 _LABEL = re.compile(r"^[A-Za-z0-9]+$")  # a BIDS label or index: letters and digits only
 # Entities of statistical derivatives (BEP041 / fitlins / nilearn save_glm_to_bids) that pybids' configs lack.
 _STATMAP_CONFIG = {"name": "second_level_runner", "entities": [
