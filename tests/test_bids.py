@@ -95,6 +95,12 @@ def test_bids_tree_gives_the_same_outputs_as_the_table(bids_tree, tmp_path):
     assert sum(path.endswith(".nii.gz") for path in outputs["table"]) == 2 * 7
     assert sum(path.endswith("_statmap.json") for path in outputs["table"]) == 2 * 7
     assert outputs["bids"] == outputs["table"]
+    from runner.verify import verify
+
+    verdict = verify(tmp_path / "bids")  # the re-run finds the same maps through data.root and data.entities
+    assert verdict.ok, verdict.differences + verdict.changed_inputs
+    recorded = json.loads((tmp_path / "bids" / "manifest.json").read_text())["input_files"]
+    assert [f["role"] for f in recorded] == ["participants"]
 
 
 def test_several_maps_per_subject_name_the_entity_to_set(bids_tree, tmp_path):
