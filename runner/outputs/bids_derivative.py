@@ -51,6 +51,9 @@ def map_sidecar(contrast: str, stat: str, correction: str | None, alpha: float |
                 dof: Any, extra: dict[str, Any]) -> dict[str, Any]:
     """A map's sidecar: its contrast, statistic, correction, threshold and degrees of freedom (null when none).
 
+    ``DegreesOfFreedom`` is the residual degrees of freedom of the contrast's model, n - rank(X) (the denominator's
+    for an F contrast, whose numerator's is the number of rows of the contrast matrix).
+
     ``extra`` (the writer's method parameters, e.g. ``two_sided``, ``n_permutations``) follow in CamelCase.
     """
     sidecar: dict[str, Any] = {"Contrast": contrast, "Statistic": stat}

@@ -57,12 +57,12 @@ def input_files(settings: RunSettings) -> list[dict[str, str]]:
 
     data = settings.data
     table, participants = data.table, None  # as gather_inputs reads them
-    if data.glob and not data.image_4d:
-        table, participants = None, data.participants
     if data.root and not data.image_4d:
         from runner.data.bids import participants_file
 
         table, participants = None, participants_file(data.root, data.participants)
+    elif data.glob and not data.image_4d:
+        table, participants = None, data.participants
     elif table is None and data.demo and not data.image_4d:
         from runner.demo.datasets import ensure_demo
 
