@@ -76,8 +76,13 @@ def declared_inputs(settings: RunSettings, resolve_demo: bool = False) -> dict[s
         from runner.demo.datasets import ensure_demo
 
         table = str(ensure_demo(data.demo))
-    named = {"table": table, "participants": data.participants, "image_4d": data.image_4d, "mask": data.mask,
-             "design_matrix": settings.design.matrix}
+    participants = data.participants
+    if data.root and not data.image_4d:  # a BIDS derivatives folder: its participants.tsv unless one is named
+        from runner.data.bids import participants_file
+
+        table, participants = None, participants_file(data.root, data.participants)
+    named = {"table": table, "participants": participants, "image_4d": data.image_4d, "mask": data.mask,
+             "design_matrix": settings.design.matrix, "bids_model": settings.design.bids_model}
     return {role: Path(path) for role, path in named.items() if path}
 
 

@@ -33,6 +33,8 @@ class DataConfig:
     subject_pattern: str = field(default=SUBJECT_PATTERN, metadata=check(subject_pattern))
     subject_column: Optional[str] = None
     image_4d: Optional[str] = None  # one 4D NIfTI, one row of `table` per volume
+    root: Optional[str] = None  # a BIDS derivatives folder of first-level maps (data=bids)
+    entities: dict[str, Optional[str]] = field(default_factory=dict)  # BIDS entities choosing them: task, contrast...
     query: Optional[str] = None  # pandas query selecting rows
     id_column: Optional[str] = None  # column naming rows in messages (default: participant_id or subject)
     mask: Optional[str] = None  # explicit mask file; else an automatic mask
@@ -52,6 +54,7 @@ class DesignConfig:
     formula: Optional[str] = "1"
     matrix: Optional[str] = None
     drop_missing: bool = False
+    bids_model: Optional[str] = None  # a BIDS Stats Models JSON: its dataset node replaces formula and contrasts
 
 
 @dataclass
@@ -173,9 +176,13 @@ def build_settings(config: Any) -> RunSettings:
     if settings.memory_budget_gb is not None:
         positive("memory_budget_gb", settings.memory_budget_gb)
     positive("cache_max_gb", settings.cache_max_gb)
-    sources = [k for k in ("demo", "table", "glob") if getattr(data, k)]
+    sources = [k for k in ("demo", "table", "glob", "root") if getattr(data, k)]
     if data.image_4d is None and not sources:
-        raise RunnerError("no input data: set data.table, data.glob, data.image_4d or data.demo")
+        raise RunnerError("no input data: set data.table, data.glob, data.image_4d, data.root (BIDS) or data.demo")
+    if design.bids_model is not None:
+        from runner.bids_model import apply_bids_model
+
+        settings = apply_bids_model(settings)
     if design.formula is None and design.matrix is None:
         raise RunnerError("set design.formula (e.g. '1') or design.matrix")
     if design.matrix is not None and design.formula not in (None, "1"):
@@ -267,6 +274,11 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
         if "\x00" in value:
             raise RunnerError(f"{name} contains a NUL character")
         return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise RunnerError(f"{name} must be a mapping of key: value, got {value!r}")
+        _, item = typing.get_args(annotation) or (Any, Any)
+        return {str(k): _coerce(f"{name}.{k}", v, item) for k, v in value.items()}
     if origin is list:
         if not isinstance(value, (list, tuple)):
             value = [value]

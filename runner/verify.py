@@ -49,7 +49,7 @@ RENDERED = ("figure",)  # compared with the re-run by sha256 (pixels depend on l
 CLAIMS = ("n_maps", "n_voxels", "dof", "seed", "summary")  # manifest fields the re-run must reproduce
 # Config keys naming files or patterns that a relative path resolves against the working directory.
 PATH_KEYS = (("data", "table"), ("data", "glob"), ("data", "participants"), ("data", "image_4d"), ("data", "mask"),
-             ("design", "matrix"))
+             ("data", "root"), ("design", "matrix"), ("design", "bids_model"))
 
 
 @dataclass

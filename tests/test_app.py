@@ -38,7 +38,8 @@ def test_default_run_writes_a_complete_manifest(tmp_path):
     assert "design_matrix.tsv" in paths
     for entry in manifest["outputs"]:
         assert (run_dir / entry["path"]).is_file()
-        assert entry["kind"] in {"map", "clusters", "table", "figure", "design", "config", "report"}
+        assert entry["kind"] in {"map", "sidecar", "description", "clusters", "table", "figure", "design", "config",
+                                 "report"}
     fdr = next(e for e in manifest["outputs"] if e["path"] == "contrast-mean_stat-z_corr-fdr_statmap.nii.gz")
     assert fdr["correction"] == "fdr" and fdr["alpha"] == 0.05 and fdr["stat"] == "z" and fdr["threshold"] > 2
     assert len(manifest["inputs"]) == 30 and all(len(i["sha256"]) == 64 for i in manifest["inputs"])

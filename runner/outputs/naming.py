@@ -44,6 +44,14 @@ def map_name(contrast: str, stat: str, correction: str | None = None, suffix: st
     return "_".join(parts) + f"_{suffix}.nii.gz"
 
 
+def sidecar_name(file_name: str) -> str:
+    """The JSON sidecar of an output file: the same name with ``.json`` for its extension (BIDS)."""
+    for extension in (".nii.gz", ".nii", ".tsv", ".gii"):
+        if file_name.endswith(extension):
+            return file_name[: -len(extension)] + ".json"
+    raise ValueError(f"no sidecar rule for {file_name!r}")
+
+
 def table_name(suffix: str, contrast: str | None = None, correction: str | None = None,
                stat: str | None = None, extension: str = ".tsv") -> str:
     """``[contrast-<name>_][stat-<stat>_][corr-<method>_]<suffix>.tsv``."""

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from runner.errors import RunnerError, storage_error
-from runner.outputs import naming
+from runner.outputs import bids_derivative, naming
 from runner.outputs.atomic import sha256_file, write_atomic, write_text_atomic
 from runner.rundir import MANIFEST_FORMAT, MANIFEST_FORMAT_VERSION, MANIFEST_NAME
 
@@ -27,7 +27,7 @@ class OutputEntry:
     """One registered output file (paths are relative to the run directory)."""
 
     path: str
-    kind: str  # map | clusters | table | figure | design | report | text
+    kind: str  # map | sidecar | clusters | table | figure | design | description | report | text
     contrast: str | None = None
     stat: str | None = None
     correction: str | None = None
@@ -65,6 +65,7 @@ class OutputWriter:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         self.published_dir = Path(published_dir).resolve() if published_dir else self.run_dir  # where they end up
         self.entries: list[OutputEntry] = []
+        self._dof: dict[str, Any] = {}  # degrees of freedom per contrast, for the sidecars of its corrected maps
 
     # -- paths -----------------------------------------------------------------------------------------------
     def _target(self, name: str) -> Path:
@@ -96,14 +97,29 @@ class OutputWriter:
     def map(self, volume: np.ndarray, affine: np.ndarray, *, contrast: str, stat: str,
             correction: str | None = None, alpha: float | None = None, threshold: float | None = None,
             name: str | None = None, **extra: Any) -> Path:
-        """Write a 3D statistical map as NIfTI (float32) named in BIDS-derivative style."""
+        """Write a 3D statistical map as NIfTI (float32) named in BIDS-derivative style, and its JSON sidecar."""
         name = name or naming.map_name(contrast, stat, correction)
         target = self._target(name)
         payload = nifti_gz_bytes(volume, affine)
         with storage_errors(path=target):
             write_atomic(target, lambda tmp: tmp.write_bytes(payload))
-        return self._register(name, target, "map", contrast=contrast, stat=stat, correction=correction,
+        path = self._register(name, target, "map", contrast=contrast, stat=stat, correction=correction,
                               alpha=alpha, threshold=threshold, **extra)
+        if extra.get("dof") is not None:
+            self._dof[contrast] = extra["dof"]
+        sidecar = bids_derivative.map_sidecar(
+            contrast, stat, correction, self.entries[-1].alpha, self.entries[-1].threshold,
+            extra.get("dof", self._dof.get(contrast)), {k: v for k, v in extra.items() if k != "dof"})
+        self.json(sidecar, name=naming.sidecar_name(name), kind="sidecar", contrast=contrast, stat=stat,
+                  correction=correction)
+        return path
+
+    def json(self, content: dict[str, Any], *, name: str, kind: str, **meta: Any) -> Path:
+        """Write a JSON file (sidecar, dataset_description.json): fixed key order, NaN as null, LF line ends."""
+        target = self._target(name)
+        with storage_errors(path=target):
+            write_text_atomic(target, json.dumps(_jsonable(content), indent=2, allow_nan=False) + "\n")
+        return self._register(name, target, kind, **meta)
 
     def table(self, frame: pd.DataFrame, *, suffix: str, kind: str = "table", contrast: str | None = None,
               stat: str | None = None, correction: str | None = None, alpha: float | None = None,

@@ -8,7 +8,7 @@ import yaml
 
 from runner.config import RunSettings
 from runner.data.loader import validate_inputs
-from runner.outputs import results
+from runner.outputs import bids_derivative, results
 from runner.preflight import check_analysis
 from runner.outputs.writer import OutputWriter
 from runner.stages import model as model_stage
@@ -20,6 +20,8 @@ def run_stages(settings: RunSettings, writer: OutputWriter, timings: Any, resolv
                fields: dict[str, Any]) -> dict[str, Any]:
     """Run every stage into ``writer``; fill the manifest ``fields`` as facts become known; return the summary."""
     writer.text(yaml.safe_dump(resolved, sort_keys=False), name="config.yaml", kind="config")
+    writer.json(bids_derivative.dataset_description(settings.name), name=bids_derivative.DESCRIPTION_NAME,
+                kind="description")  # the run folder is a BIDS derivative dataset
     with timings.stage("inputs"):
         inputs = gather_inputs(settings)
         design, inputs = make_design(settings, inputs)

@@ -21,9 +21,14 @@ log = logging.getLogger("runner")
 
 
 def gather_inputs(settings: RunSettings) -> InputSet:
-    """The input table and images named by the ``data`` group (demo, table, glob or 4D)."""
+    """The input table and images named by the ``data`` group (demo, table, glob, 4D or BIDS)."""
     data = settings.data
-    if data.image_4d:
+    if data.root and not data.image_4d:
+        from runner.data.bids import from_bids
+
+        inputs = from_bids(Path(data.root), data.entities, Path(data.participants) if data.participants else None,
+                           data.subject_column, settings.design.drop_missing)
+    elif data.image_4d:
         from runner.data.images import read_header
 
         header = read_header(Path(data.image_4d), what="data.image_4d")
