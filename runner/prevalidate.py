@@ -210,7 +210,15 @@ def _absent_message(key: str, config: Any) -> str:
         chosen = [m for m in (config.get("correction") or {}) if m != parts[1]]
         return (f"{key}: {parts[1]} is not among the chosen corrections; choose it too: "
                 f"correction=[{','.join(chosen + [parts[1]])}]")
-    return f"{key} is not in the composed config; add it with +{key}=..."
+    from omegaconf import OmegaConf
+
+    from runner.errors import closest
+
+    parent, _, leaf = key.rpartition(".")
+    siblings = OmegaConf.select(config, parent) if parent else config
+    near = closest(leaf, [k for k in siblings.keys() if k != leaf]) if hasattr(siblings, "keys") else []
+    hint = f" — did you mean {' or '.join(f'{parent}.{n}' if parent else n for n in near)}?" if near else ""
+    return f"{key} is not in the composed config{hint} (a new key is added with a plus: +{key}=...)"
 
 
 def _composition_message(error: Exception) -> str:
