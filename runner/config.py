@@ -42,6 +42,13 @@ class DataConfig:
     resample: bool = True
     nan_policy: str = field(default="exclude", metadata=check(one_of("exclude", "error")))
     dtype: str = field(default="float64", metadata=check(one_of("float64", "float32")))
+    # surfaces (runner/data/surface.py): a bundled mesh name, or the user's .surf.gii per hemisphere
+    mesh: Optional[str] = field(default=None, metadata=check(one_of(None, "fsaverage5")))
+    mesh_left: Optional[str] = None
+    mesh_right: Optional[str] = None
+    path_left_column: str = "path_left"
+    path_right_column: str = "path_right"
+    exclude_medial_wall: bool = True  # with a bundled mesh; the user's meshes have no medial-wall mask
 
 
 @dataclass
@@ -112,6 +119,11 @@ def build_settings(config: Any) -> RunSettings:
     sources = [k for k in ("demo", "table", "glob") if getattr(data, k)]
     if data.image_4d is None and not sources:
         raise RunnerError("no input data: set data.table, data.glob, data.image_4d or data.demo")
+    if data.mesh or data.mesh_left or data.mesh_right:
+        for key in ("glob", "image_4d", "mask"):
+            if getattr(data, key):
+                raise RunnerError(f"data.{key} is for volumes; surface analyses (data.mesh) read a table with "
+                                  "path_left and path_right columns and mask the medial wall")
     if design.formula is None and design.matrix is None:
         raise RunnerError("set design.formula (e.g. '1') or design.matrix")
     return settings

@@ -427,6 +427,14 @@ DEMO_DATASETS: dict[str, DemoDataset] = {
             generate_paired,
         ),
         DemoDataset(
+            "surface",
+            1,
+            20240604,
+            "30 subjects' contrast maps on fsaverage5 (both hemispheres, GIFTI); planted mean bumps and a "
+            "patient-control difference",
+            lambda out_dir, seed: _generate_surface(out_dir, seed),
+        ),
+        DemoDataset(
             "vbm",
             1,
             20240603,
@@ -435,6 +443,12 @@ DEMO_DATASETS: dict[str, DemoDataset] = {
         ),
     )
 }
+
+
+def _generate_surface(out_dir: Path, seed: int) -> None:
+    from runner.demo.surface import generate_surface
+
+    generate_surface(out_dir, seed)
 
 
 def demo_root(root: Path | str | None = None) -> Path:

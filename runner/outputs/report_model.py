@@ -28,8 +28,9 @@ log = logging.getLogger(__name__)
 
 # Fewer permutations than this makes p-values coarse (the smallest attainable p is 1 / n_permutations).
 FEW_PERMUTATIONS = 1000
-VIEW_ORDER = ("slices", "glassbrain", "montage")
+VIEW_ORDER = ("slices", "surface", "glassbrain", "montage")
 VIEW_CAPTIONS = {
+    "surface": "Lateral and medial views of both hemispheres (inflated surface, sulcal depth in grey)",
     "slices": "Orthogonal slices through the peak",
     "glassbrain": "Glass brain (maximum-intensity projections)",
     "montage": "Axial montage",
@@ -94,7 +95,10 @@ class ReportModel:
         n_maps = getattr(self.data, "n_maps", self.fields.get("n_maps"))
         n_voxels = getattr(self.data, "n_voxels", self.fields.get("n_voxels"))
         methods = self.methods_in_order()
-        facts = [count(n_maps, "map"), f"{count(n_voxels, 'voxel')} in the mask",
+        on_surface = getattr(self.data, "surface", None) is not None
+        elements = (f"{int(n_voxels):,} vertices" if on_surface and n_voxels is not None
+                    else count(n_voxels, "voxel"))
+        facts = [count(n_maps, "map"), f"{elements} in the mask",
                  count(len(self.contrast_names), "contrast"),
                  "corrections: " + (", ".join(methods) if methods else "none")]
         return {"name": self.analysis_name(), "facts": facts, "run_dir": str(self.shown_dir),
@@ -185,7 +189,12 @@ class ReportModel:
         mask = getattr(self.data, "mask", None)
         affine = getattr(self.data, "affine", None)
         facts = [("maps analysed", count(getattr(self.data, "n_maps", len(frame)), "map"))]
-        if mask is not None:
+        surface = getattr(self.data, "surface", None)
+        if surface is not None:
+            facts.append(("vertices in the mask", f"{int(np.sum(mask)):,}"))
+            facts.append(("mesh", f"{surface.name}: " + ", ".join(
+                f"{hemi} {len(m.vertices):,} vertices" for hemi, m in surface.hemispheres.items())))
+        elif mask is not None:
             facts.append(("voxels in the mask", f"{int(np.sum(mask)):,}"))
             grid = " × ".join(str(n) for n in np.shape(mask))
             if affine is not None:

@@ -8,6 +8,7 @@ import yaml
 
 from runner.config import RunSettings
 from runner.data.loader import validate_inputs
+from runner.data.surface import is_surface
 from runner.outputs import results
 from runner.outputs.writer import OutputWriter
 from runner.stages import model as model_stage
@@ -23,7 +24,8 @@ def run_stages(settings: RunSettings, writer: OutputWriter, timings: Any, resolv
         inputs = gather_inputs(settings)
         design, inputs = make_design(settings, inputs)
         contrasts = make_contrasts(settings, design)
-        checked = validate_inputs(inputs, settings.data)  # every header, before any voxel is decoded
+        # every header, before any voxel is decoded (GIFTI surface maps are checked as they are read)
+        checked = None if is_surface(settings.data) else validate_inputs(inputs, settings.data)
         fields["input_files"] = input_files(settings)
     with timings.stage("load"):
         data, fields["data_cache"] = load_with_progress(inputs, settings, checked, writer.run_dir)

@@ -28,7 +28,7 @@ from runner.inference.permutation.scores import (
     scores_to_statistics,
     shuffled_basis,
 )
-from runner.inference.permutation.spatial import CLUSTER_METHODS, cluster_maxima
+from runner.inference.permutation.spatial import CLUSTER_METHODS, cluster_maxima, on_mesh
 from runner.inference.permutation_sets import PermutationSet
 from runner.inference.tfce import VoxelGraph, tfce_maxima
 
@@ -129,5 +129,6 @@ def _spatial_unit(work: BlockWork, first: int, last: int) -> dict[str, np.ndarra
         out["clustersize"], out["clustermass"] = cluster_maxima(stat_maps, work.threshold, work.graph,
                                                                 work.two_sided)
     if "tfce" in work.methods:
-        out["tfce"] = tfce_maxima(stat_maps, work.graph, work.tfce_E, work.tfce_H, work.tfce_dh, work.two_sided)
+        out["tfce"] = tfce_maxima(stat_maps, work.graph, work.tfce_E, work.tfce_H, work.tfce_dh, work.two_sided,
+                                  area_weighted=on_mesh(work.graph))
     return out
