@@ -1,0 +1,266 @@
+"""Surface analyses: GIFTI inputs on fsaverage5 against nilearn's SecondLevelModel on SurfaceImage, mesh clusters
+against connected components of the face-edge graph, the engine's mesh TFCE against a threshold-by-threshold sum,
+mesh smoothing against the closed-form variance of a random walk, FWE calibration on smooth null surfaces."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from conftest import run_analysis
+from test_space import brute_force_mesh_tfce, brute_force_vertex_areas, face_edge_sets, random_mesh
+
+from runner.errors import RunnerError
+
+N_SUBJECTS = 12
+
+
+def write_gifti(values: np.ndarray, path: Path) -> None:
+    array = nib.gifti.GiftiDataArray(np.asarray(values, dtype=np.float32), intent="NIFTI_INTENT_NONE",
+                                     datatype="NIFTI_TYPE_FLOAT32")
+    nib.save(nib.GiftiImage(darrays=[array]), path)
+
+
+def read_gifti(path: Path) -> np.ndarray:
+    return np.asarray(nib.load(path).darrays[0].data, dtype=np.float64)
+
+
+@pytest.fixture(scope="module")
+def fsaverage5():
+    from nilearn.datasets import load_fsaverage
+
+    return load_fsaverage("fsaverage5")
+
+
+@pytest.fixture(scope="module")
+def surface_study(tmp_path_factory, fsaverage5):
+    """12 subjects' maps on fsaverage5 (float32 GIFTI, both hemispheres) with a planted bump, and our run on them."""
+    folder = tmp_path_factory.mktemp("surface_study")
+    pial = fsaverage5["pial"]
+    rng = np.random.default_rng(7)
+    rows, data = [], {"left": [], "right": []}
+    centre = pial.parts["left"].coordinates[100]
+    bump = 1.5 * np.exp(-np.sum((pial.parts["left"].coordinates - centre) ** 2, axis=1) / (2 * 10.0**2))
+    for subject in range(N_SUBJECTS):
+        row = {"participant_id": f"sub-{subject:02d}"}
+        for hemi, column in (("left", "path_left"), ("right", "path_right")):
+            n = pial.parts[hemi].n_vertices
+            values = (rng.standard_normal(n) + (bump if hemi == "left" else 0.0)).astype(np.float32)
+            name = f"sub-{subject:02d}_hemi-{hemi[0].upper()}.func.gii"
+            write_gifti(values, folder / name)
+            data[hemi].append(values)
+            row[column] = name
+        rows.append(row)
+    pd.DataFrame(rows).to_csv(folder / "table.tsv", sep="\t", index=False)
+    run_dir = folder / "run"
+    run_analysis(run_dir, [f"data.table={folder / 'table.tsv'}", "data.mesh=fsaverage5",
+                           "data.exclude_medial_wall=false", "correction=[fdr,bonferroni]", "report=false",
+                           "contrasts=[{name:mean,expr:Intercept}]"])
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    return folder, run_dir, manifest, {h: np.array(v) for h, v in data.items()}
+
+
+def our_map(run_dir: Path, stat: str, correction: str | None = None) -> np.ndarray:
+    corr = f"_corr-{correction}" if correction else ""
+    return np.concatenate([read_gifti(run_dir / f"contrast-mean_stat-{stat}{corr}_hemi-{h}_statmap.func.gii")
+                           for h in ("L", "R")])
+
+
+def test_bundled_fsaverage5_is_nilearns_mesh(fsaverage5):
+    from runner.data.surface import bundled_mesh
+
+    ours = bundled_mesh("fsaverage5")
+    for hemi, part in (("L", "left"), ("R", "right")):
+        np.testing.assert_allclose(ours[hemi].vertices, fsaverage5["pial"].parts[part].coordinates, atol=1e-4)
+        np.testing.assert_array_equal(ours[hemi].faces, fsaverage5["pial"].parts[part].faces)
+        np.testing.assert_allclose(ours[hemi].inflated, fsaverage5["inflated"].parts[part].coordinates, atol=1e-4)
+        # the medial wall is a minority of the vertices (about 7 %), one connected patch
+        wall = ~ours[hemi].cortex
+        assert 0.05 < wall.mean() < 0.1
+
+
+def test_maps_equal_nilearn_second_level_on_surface_image(surface_study, fsaverage5):
+    from nilearn.glm.second_level import SecondLevelModel
+    from nilearn.surface import SurfaceImage
+
+    _, run_dir, manifest, data = surface_study
+    images = [SurfaceImage(mesh=fsaverage5["pial"], data={"left": data["left"][i], "right": data["right"][i]})
+              for i in range(N_SUBJECTS)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = SecondLevelModel().fit(images, design_matrix=pd.DataFrame({"intercept": np.ones(N_SUBJECTS)}))
+        maps = model.compute_contrast("intercept", output_type="all")
+    for ours, theirs in (("t", "stat"), ("z", "z_score"), ("p", "p_value"), ("effect", "effect_size"),
+                         ("variance", "effect_variance")):
+        expected = np.concatenate([np.asarray(maps[theirs].data.parts[h]).ravel() for h in ("left", "right")])
+        np.testing.assert_allclose(our_map(run_dir, ours), expected, rtol=1e-5, atol=1e-12, err_msg=ours)
+    # FDR and Bonferroni thresholds and the thresholded maps, as threshold_stats_img gives them
+    from nilearn.glm import threshold_stats_img
+
+    for method in ("fdr", "bonferroni"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            thresholded, threshold = threshold_stats_img(maps["z_score"], alpha=0.05, height_control=method)
+        entry = next(e for e in manifest["outputs"] if e.get("correction") == method and e["kind"] == "map"
+                     and e["hemi"] == "L")
+        assert entry["threshold"] == pytest.approx(float(threshold), rel=1e-6)
+        expected = np.concatenate([np.asarray(thresholded.data.parts[h]).ravel() for h in ("left", "right")])
+        np.testing.assert_allclose(our_map(run_dir, "z", method), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_outputs_are_named_and_registered_per_hemisphere(surface_study):
+    _, run_dir, manifest, _ = surface_study
+    maps = [e for e in manifest["outputs"] if e["kind"] == "map"]
+    assert maps and all(e["path"].endswith(f"_hemi-{e['hemi']}_statmap.func.gii") for e in maps)
+    assert {e["hemi"] for e in maps} == {"L", "R"}
+    assert len(manifest["inputs"]) == N_SUBJECTS and all(len(i["sha256"]) == 64 for i in manifest["inputs"])
+    assert "+" in manifest["inputs"][0]["path"]  # both hemisphere files named
+
+
+def test_mesh_clusters_are_connected_components_of_the_edge_graph(surface_study):
+    """The FDR cluster table: each cluster is a connected component of the suprathreshold vertices on the face
+    edges (scipy's csgraph over the edges listed by the faces), its area the summed vertex areas (Heron)."""
+    from runner.data.surface import bundled_mesh
+
+    _, run_dir, manifest, _ = surface_study
+    entry = next(e for e in manifest["outputs"] if e.get("correction") == "fdr" and e["kind"] == "map")
+    table = pd.read_csv(run_dir / "contrast-mean_corr-fdr_clusters.tsv", sep="\t", na_values="n/a")
+    z = our_map(run_dir, "z")
+    mesh = bundled_mesh("fsaverage5")
+    offset = len(mesh["L"].vertices)
+    vertices = np.concatenate([mesh["L"].vertices, mesh["R"].vertices])
+    faces = np.concatenate([mesh["L"].faces, mesh["R"].faces + offset])
+    areas = brute_force_vertex_areas(vertices, faces)
+    expected = []
+    for sign in (1.0, -1.0):
+        active = sign * z > entry["threshold"]
+        edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+        edges = edges[active[edges[:, 0]] & active[edges[:, 1]]]
+        graph = coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(len(z), len(z)))
+        _, labels = connected_components(graph, directed=False)
+        for label in np.unique(labels[active]):
+            members = np.flatnonzero(active & (labels == label))
+            expected.append((members.size, areas[members].sum()))
+    clusters = table[table["size_vertices"].notna()]
+    assert len(clusters) == len(expected) > 0
+    ours = sorted(zip(clusters["size_vertices"].astype(int), clusters["area_mm2"]))
+    for (n_ours, area_ours), (n_ref, area_ref) in zip(ours, sorted(expected)):
+        assert n_ours == n_ref and area_ours == pytest.approx(area_ref, rel=1e-9)
+
+
+def test_engine_tfce_and_cluster_area_on_a_mesh():
+    """The permutation engine on a MeshSpace: its observed TFCE equals the threshold-by-threshold sum of component
+    areas, and its cluster sizes are the components' areas."""
+    from runner.inference.permutation import PermutationOptions, permutation_inference
+    from runner.space import MeshSpace
+
+    vertices, faces = random_mesh(3, n_points=120)
+    space = MeshSpace(vertices, faces)
+    rng = np.random.default_rng(0)
+    bump = 2.0 * np.exp(-np.sum((vertices - vertices[5]) ** 2, axis=1) / 80.0)
+    Y = rng.standard_normal((10, len(vertices))) + bump
+    options = PermutationOptions(n_permutations=50, seed=1, two_sided=True, tfce_E=1.0, tfce_H=2.0, tfce_dh=0.05,
+                                 cluster_forming_p=0.05)
+    outcome = permutation_inference(Y, np.ones((10, 1)), np.array([[1.0]]), space, ["tfce", "clustersize"],
+                                    options)
+    weights = brute_force_vertex_areas(vertices, faces)
+    expected = brute_force_mesh_tfce(outcome.stat, face_edge_sets(len(vertices), faces), weights, 1.0, 2.0, 0.05)
+    np.testing.assert_allclose(outcome.tfce, expected, rtol=1e-9, atol=1e-9)
+    table = outcome.clusters["clustersize"]
+    from scipy import stats
+
+    threshold = stats.t.isf(0.025, 9)
+    neighbours = face_edge_sets(len(vertices), faces)
+    for sign in (1, -1):
+        active = {int(v) for v in np.flatnonzero(sign * outcome.stat > threshold)}
+        from test_space import bfs_components
+
+        reference = sorted(weights[c].sum() for c in bfs_components(neighbours, active))
+        ours = sorted(table.loc[table["sign"] == sign, "size_voxels"])
+        np.testing.assert_allclose(ours, reference, rtol=1e-12)
+
+
+def test_mesh_smoothing_has_the_variance_of_its_fwhm():
+    """On a flat equilateral lattice, a smoothed delta's second moment per axis is sigma^2 = FWHM^2 / (8 ln 2)."""
+    from runner.data.surface import smooth_on_mesh
+    from runner.space import MeshSpace
+
+    spacing, n = 2.0, 61
+    i, j = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+    xy = np.c_[(i + 0.5 * j).ravel() * spacing, j.ravel() * spacing * np.sqrt(3) / 2]
+    index = (i * n + j)
+    faces = np.concatenate([np.c_[index[:-1, :-1].ravel(), index[1:, :-1].ravel(), index[:-1, 1:].ravel()],
+                            np.c_[index[1:, :-1].ravel(), index[1:, 1:].ravel(), index[:-1, 1:].ravel()]])
+    space = MeshSpace(np.c_[xy, np.zeros(len(xy))], faces)
+    centre = (n // 2) * n + n // 2
+    delta = np.zeros((1, len(xy)))
+    delta[0, centre] = 1.0
+    fwhm = 8.0
+    smoothed = smooth_on_mesh(delta, space, fwhm)[0]
+    assert smoothed.sum() == pytest.approx(1.0, abs=1e-9)  # the mass stays (no boundary reached)
+    offset = xy - xy[centre]
+    sigma2 = fwhm**2 / (8 * np.log(2))
+    for axis in (0, 1):
+        assert (smoothed * offset[:, axis] ** 2).sum() == pytest.approx(sigma2, rel=1e-6)
+
+
+def test_fwe_is_calibrated_on_smooth_null_surfaces():
+    """Light version of benchmarks/surface_fwe_calibration.py: null data smoothed on a mesh; max-T and TFCE reject
+    in about alpha of the datasets (60 datasets: at most 9 rejections, P(X >= 10 | 0.05) < 0.002)."""
+    from runner.data.surface import smooth_on_mesh
+    from runner.inference.permutation import PermutationOptions, permutation_inference
+    from runner.space import MeshSpace
+
+    vertices, faces = random_mesh(11, n_points=300, size_mm=60.0)
+    space = MeshSpace(vertices, faces)
+    rng = np.random.default_rng(2024)
+    rejections = {"maxt": 0, "tfce": 0}
+    for dataset in range(60):
+        Y = smooth_on_mesh(rng.standard_normal((12, len(vertices))), space, 6.0)
+        options = PermutationOptions(n_permutations=100, seed=dataset, two_sided=True, tfce_E=1.0, tfce_H=2.0)
+        outcome = permutation_inference(Y, np.ones((12, 1)), np.array([[1.0]]), space, ["maxt", "tfce"], options)
+        for method in rejections:
+            rejections[method] += bool(outcome.corrected_p[method].min() < 0.05)
+    assert all(count <= 9 for count in rejections.values()), rejections
+
+
+def test_surface_config_errors_are_one_line(tmp_path, surface_study):
+    folder = surface_study[0]
+    with pytest.raises(RunnerError, match="data.glob is for volumes"):
+        run_analysis(tmp_path / "a", ["data.glob=*.func.gii", "data.mesh=fsaverage5"])
+    bad = pd.read_csv(folder / "table.tsv", sep="\t")
+    write_gifti(np.zeros(100), tmp_path / "short.func.gii")
+    bad.loc[0, "path_left"] = str(tmp_path / "short.func.gii")
+    bad.to_csv(tmp_path / "bad.tsv", sep="\t", index=False)
+    with pytest.raises(RunnerError, match="has 100 values but its mesh hemisphere has 10242 vertices"):
+        run_analysis(tmp_path / "b", [f"data.table={tmp_path / 'bad.tsv'}", "data.mesh=fsaverage5",
+                                      "report=false"])
+    with pytest.raises(RunnerError, match="no column 'path_left_x'.*did you mean 'path_left'"):
+        run_analysis(tmp_path / "c", [f"data.table={folder / 'table.tsv'}", "data.mesh=fsaverage5",
+                                      "data.path_left_column=path_left_x", "report=false"])
+
+
+def test_surface_preset_runs_with_figures_and_verifies(tmp_path, monkeypatch):
+    from runner.verify import verify
+
+    monkeypatch.setenv("RUNNER_DEMO_DIR", str(tmp_path / "demo"))
+    run_dir = tmp_path / "run"
+    run_analysis(run_dir, ["+experiment=surface_one_sample", "correction.maxt.n_permutations=100"])
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["status"] == "complete"
+    figures = [e["path"] for e in manifest["outputs"] if e.get("view") == "surface"]
+    assert "contrast-mean_stat-z_corr-fdr_surface.png" in figures
+    assert "lateral and medial" in (run_dir / "report.html").read_text().lower()
+    # the planted bumps are found: the FDR clusters' peaks are on the left and the right hemisphere
+    table = pd.read_csv(run_dir / "contrast-mean_corr-fdr_clusters.tsv", sep="\t", na_values="n/a")
+    assert {"L", "R"} <= set(table["hemi"])
+    verdict = verify(run_dir)
+    assert verdict.ok, verdict.changed_inputs + verdict.differences
