@@ -291,3 +291,24 @@ def test_surface_demo_is_on_fsaverage5_and_its_planted_effects_are_recoverable(t
     patients = table["group"].to_numpy() == "patient"
     t = stats.ttest_ind(maps["R"][patients], maps["R"][~patients]).statistic
     assert truth[np.nanargmax(t)] > 0.5 * truth.max()
+
+
+def test_surface_figure_colours_exactly_the_faces_around_surviving_vertices():
+    """Four views (lateral and medial of each hemisphere) and a colour bar; the coloured faces of a view are those
+    having a vertex at or above the threshold (counted from the faces directly)."""
+    from runner.data.surface import bundled_mesh
+    from runner.outputs.figures_surface import surface_views_figure
+
+    mesh = bundled_mesh("fsaverage5")
+    values = {"L": np.zeros(len(mesh["L"].vertices)), "R": np.zeros(len(mesh["R"].vertices))}
+    values["L"][[100, 2000]] = [5.0, 2.0]  # one above the threshold, one below
+    values["R"][50] = -4.0
+    figure = surface_views_figure(mesh, values, 3.0, "test")
+    labels = [ax.get_label() for ax in figure.axes]
+    assert labels == ["left lateral", "left medial", "right medial", "right lateral", "colorbar"]
+    for ax in figure.axes[:4]:
+        hemi = "L" if ax.get_label().startswith("left") else "R"
+        colours = ax.collections[0].get_facecolors()
+        coloured = int(np.sum(np.ptp(colours[:, :3], axis=1) > 1e-6))  # grey shades have r = g = b
+        expected = int(np.any(np.abs(values[hemi][mesh[hemi].faces]) >= 3.0, axis=1).sum())
+        assert coloured == expected > 0

@@ -2,7 +2,7 @@
 
 Pure matplotlib (no 3D toolkit): each view is an orthographic projection of the triangles onto a sagittal plane,
 drawn back to front (painter's algorithm) with Lambert shading from the viewer, sulcal depth as grey background
-and the map's faces coloured where the mean of their vertex values passes the threshold.
+and each face coloured by its most extreme vertex when that vertex passes the threshold.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from matplotlib.collections import PolyCollection
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
-from runner.outputs.figures_brain import DARK_TEXT, STAT_COLORMAP, _draw_colorbar, _draw_title
+from runner.outputs.figures_brain import DARK_TEXT, STAT_COLORMAP, _draw_colorbar
 
 # (panel title, hemisphere, viewer on the -x side?): lateral of L and medial of R are seen from the left
 VIEWS = (("left lateral", "L", True), ("left medial", "L", False), ("right medial", "R", True),
@@ -42,8 +42,10 @@ def face_colours(vertices: np.ndarray, faces: np.ndarray, values: np.ndarray, su
     else:
         grey = np.full(len(faces), 0.6)
     colours = np.c_[np.repeat(grey[:, None], 3, axis=1), np.ones(len(faces))]
-    face_values = values[faces].mean(axis=1)
-    shown = np.all(values[faces] != 0, axis=1) & np.isfinite(face_values)
+    # a face shows its most extreme vertex, so a lone surviving vertex is drawn (as the fan of its triangles)
+    corner_values = values[faces]
+    face_values = corner_values[np.arange(len(faces)), np.argmax(np.abs(corner_values), axis=1)]
+    shown = (face_values != 0) & np.isfinite(face_values)
     if threshold is not None:
         shown &= np.abs(face_values) >= threshold
     colours[shown] = STAT_COLORMAP(norm(face_values[shown]))
@@ -64,7 +66,8 @@ def surface_views_figure(hemispheres: dict[str, Any], values: dict[str, np.ndarr
     values : {"L": (N_L,), "R": (N_R,)}
         The map on every vertex (0 where nothing is shown).
     threshold : float or None
-        Faces whose mean ``|value|`` is below it are not coloured; None colours every non-zero face.
+        Faces whose most extreme vertex is below it in ``|value|`` are not coloured; None colours every non-zero
+        face.
     title : str
     vmax : float, optional
         End of the colour scale (default: the largest ``|value|``).
@@ -96,7 +99,15 @@ def surface_views_figure(hemispheres: dict[str, Any], values: dict[str, np.ndarr
     n_shown = int(np.count_nonzero(np.abs(every) >= threshold) if threshold is not None
                   else np.count_nonzero(every))
     _draw_colorbar(fig, (0.9, 0.12, 0.016, 0.56), every, norm, threshold, STAT_COLORMAP, DARK_TEXT)
-    _draw_title(fig, title, threshold, n_shown, height, DARK_TEXT)
+    if threshold is None:
+        detail = f"unthresholded, {n_shown} non-zero vertices" if n_shown else "no vertices survive (empty map)"
+    elif n_shown:
+        detail = f"threshold |stat| ≥ {threshold:.3g}, {n_shown} vertices survive"
+    else:
+        detail = f"no vertices survive |stat| ≥ {threshold:.3g}"
+    fig.text(0.01, 1.0 - 0.12 / height, title or "Statistical map", color=DARK_TEXT, fontsize=13, ha="left",
+             va="top", fontweight="bold")
+    fig.text(0.01, 1.0 - 0.42 / height, detail, color=DARK_TEXT, fontsize=10, ha="left", va="top", alpha=0.85)
     return fig
 
 
