@@ -312,3 +312,58 @@ def test_surface_figure_colours_exactly_the_faces_around_surviving_vertices():
         coloured = int(np.sum(np.ptp(colours[:, :3], axis=1) > 1e-6))  # grey shades have r = g = b
         expected = int(np.any(np.abs(values[hemi][mesh[hemi].faces]) >= 3.0, axis=1).sum())
         assert coloured == expected > 0
+
+
+def test_engine_on_a_mesh_does_not_depend_on_workers_or_blocks():
+    """Seeded mesh TFCE and cluster results are identical with 1 and 2 workers and other block sizes."""
+    from runner.inference.permutation import PermutationOptions, permutation_inference
+    from runner.space import MeshSpace
+
+    vertices, faces = random_mesh(5, n_points=150)
+    space = MeshSpace(vertices, faces)
+    Y = np.random.default_rng(1).standard_normal((9, len(vertices))) + 0.8
+    results = []
+    for n_jobs, block_size in ((1, None), (2, None), (2, 7)):
+        options = PermutationOptions(n_permutations=40, seed=3, two_sided=True, tfce_E=1.0, tfce_H=2.0,
+                                     cluster_forming_p=0.05, n_jobs=n_jobs, block_size=block_size)
+        results.append(permutation_inference(Y, np.ones((9, 1)), np.array([[1.0]]), space,
+                                             ["tfce", "clustersize", "clustermass"], options))
+    for other in results[1:]:
+        np.testing.assert_array_equal(other.tfce, results[0].tfce)
+        for method in ("tfce", "clustersize", "clustermass"):
+            np.testing.assert_array_equal(other.null_max[method], results[0].null_max[method])
+            np.testing.assert_array_equal(other.corrected_p[method], results[0].corrected_p[method])
+
+
+def test_ari_and_cluster_methods_run_on_the_surface(surface_study, tmp_path):
+    """ARI's clusters on the mesh are the face-edge components above its threshold (sizes and areas), and the
+    permutation cluster methods publish the mesh table schema."""
+    from runner.data.surface import bundled_mesh
+
+    folder = surface_study[0]
+    run_dir = tmp_path / "run"
+    run_analysis(run_dir, [f"data.table={folder / 'table.tsv'}", "data.mesh=fsaverage5", "report=false",
+                           "correction=[ari,clustersize]", "correction.clustersize.n_permutations=50",
+                           "correction.clustersize.cluster_forming_p=0.01", "correction.ari.thresholds=[3.0]",
+                           "contrasts=[{name:mean,expr:Intercept}]"])
+    z = our_map(run_dir, "z")
+    mesh = bundled_mesh("fsaverage5")
+    cortex = np.concatenate([mesh["L"].cortex, mesh["R"].cortex])
+    faces = np.concatenate([mesh["L"].faces, mesh["R"].faces + len(mesh["L"].vertices)])
+    areas = brute_force_vertex_areas(np.concatenate([mesh["L"].vertices, mesh["R"].vertices]), faces)
+    active = (z > 3.0) & cortex
+    edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+    edges = edges[active[edges[:, 0]] & active[edges[:, 1]]]
+    _, labels = connected_components(coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])),
+                                                shape=(len(z), len(z))), directed=False)
+    expected = sorted((int((active & (labels == c)).sum()), areas[active & (labels == c)].sum())
+                      for c in np.unique(labels[active]))
+    table = pd.read_csv(run_dir / "contrast-mean_corr-ari_clusters.tsv", sep="\t", na_values="n/a")
+    ours = sorted(zip(table["size_vertices"].astype(int), table["area_mm2"]))
+    assert len(ours) == len(expected) > 0
+    for (n_ours, area_ours), (n_ref, area_ref) in zip(ours, expected):
+        assert n_ours == n_ref and area_ours == pytest.approx(area_ref, rel=1e-9)
+    clusters = pd.read_csv(run_dir / "contrast-mean_corr-clustersize_clusters.tsv", sep="\t", na_values="n/a")
+    assert list(clusters.columns) == ["cluster_id", "sign", "x", "y", "z", "peak_stat", "size_vertices", "area_mm2",
+                                      "hemi", "vertex", "mass", "p_fwe"]
+    assert len(clusters) and clusters["p_fwe"].between(0, 1).all()
