@@ -134,11 +134,19 @@ def load_mesh(settings: DataConfig) -> dict[str, Hemisphere]:
 
 
 # -- inputs --------------------------------------------------------------------------------------------------------
-def from_surface_table(table_path: Path, left_column: str = "path_left",
-                       right_column: str = "path_right") -> InputSet:
-    """One row per map; two columns name its hemisphere files (relative paths resolve against the table's folder)."""
+def from_surface_table(table_path: Path, left_column: str = "path_left", right_column: str = "path_right",
+                       path_column: str = "path") -> InputSet:
+    """One row per map; two columns name its hemisphere GIFTI files, or ``path_column`` its CIFTI-2 ``.dscalar.nii``
+    (when the two columns are absent). Relative paths resolve against the table's folder."""
     table_path = Path(table_path)
     frame = read_table(table_path)
+    if left_column not in frame.columns and right_column not in frame.columns and path_column in frame.columns:
+        from runner.data.cifti import CiftiRef, is_cifti
+
+        paths = [_resolve(table_path, value, row, path_column, cifti=True)
+                 for row, value in enumerate(frame[path_column])]
+        if all(is_cifti(p) for p in paths):
+            return InputSet(frame, tuple(CiftiRef(p) for p in paths))
     columns = {}
     for column, key in ((left_column, "path_left_column"), (right_column, "path_right_column")):
         if column not in frame.columns:
@@ -149,11 +157,13 @@ def from_surface_table(table_path: Path, left_column: str = "path_left",
     return InputSet(frame, images)
 
 
-def _resolve(table_path: Path, value: Any, row: int, column: str) -> Path:
+def _resolve(table_path: Path, value: Any, row: int, column: str, cifti: bool = False) -> Path:
     if pd.isna(value) or not str(value).strip():
         raise RunnerError(f"data.table {table_path} row {row + 1} has an empty {column!r}")
     path = Path(str(value).strip()).expanduser()
     path = path if path.is_absolute() else table_path.parent / path
+    if cifti:
+        return path
     if not path.name.lower().endswith(DATA_SUFFIXES):
         raise RunnerError(f"data.table {table_path} row {row + 1}: {path.name} is not a GIFTI data file "
                           "(.func.gii or .shape.gii expected in column " + repr(column) + ")")
@@ -228,10 +238,27 @@ def load_surface_data(inputs: InputSet, settings: DataConfig,
     """
     from runner.data.loader import GroupData
 
+    from runner.data.cifti import CiftiRef, read_cifti_map
+
     hemispheres = load_mesh(settings)
     sizes = {h: len(m.vertices) for h, m in hemispheres.items()}
     rows, digests = [], {}
+    covered, n_volume = None, 0  # CIFTI: the vertices its brain models cover (the same in every file)
     for ref in inputs.images:
+        if isinstance(ref, CiftiRef):
+            if not ref.path.is_file():
+                raise RunnerError(f"input {ref.path} does not exist")
+            content = ref.path.read_bytes()
+            found = read_cifti_map(ref.path, sizes, content)
+            if covered is not None and not np.array_equal(found.covered, covered):
+                raise RunnerError(f"input {ref.path} covers other vertices than {inputs.images[0].path} (brain "
+                                  "models differ); give every map on the same brain models")
+            covered, n_volume = found.covered, found.n_volume_voxels
+            rows.append(found.values)
+            digests[str(ref.path)] = hashlib.sha256(content).hexdigest()
+            if progress:
+                progress(1.0)
+            continue
         if not isinstance(ref, SurfaceRef):
             raise RunnerError(f"input {ref} is not a pair of hemisphere files: surface analyses (data.mesh) read "
                               "a table with data.path_left_column and data.path_right_column")
@@ -245,8 +272,14 @@ def load_surface_data(inputs: InputSet, settings: DataConfig,
             progress(1.0)
     full = np.vstack(rows)
     cortex = np.concatenate([hemispheres[h].cortex for h in HEMISPHERES])
-    finite = np.isfinite(full).all(axis=0)
     notes: list[str] = []
+    if covered is not None:  # vertices outside the CIFTI brain models are not data
+        cortex = cortex & covered
+        full[:, ~covered] = 0.0
+        if n_volume:
+            notes.append(f"left out {n_volume} subcortical voxel(s) of the CIFTI volume brain models: a surface "
+                         "analysis covers the cortex only")
+    finite = np.isfinite(full).all(axis=0)
     bad = cortex & ~finite
     if bad.any():
         if settings.nan_policy == "error":
@@ -268,8 +301,8 @@ def load_surface_data(inputs: InputSet, settings: DataConfig,
     name = settings.mesh or "user mesh"
     for note in notes:
         log.warning(note)
-    log.info("loaded %d surface map(s): %d vertices in the mask (%s, %d medial-wall vertices left out)",
-             len(rows), int(mask.sum()), name, int((~cortex).sum()))
+    log.info("loaded %d surface map(s): %d vertices in the mask (%s, %d medial-wall or uncovered vertices left "
+             "out)", len(rows), int(mask.sum()), name, int((~cortex).sum()))
     surface = Surface(str(name), hemispheres, space)
     return GroupData(Y=Y, mask=mask, affine=np.eye(4), table=inputs.table, inputs=inputs.images,
                      input_sha256=digests, notes=tuple(notes), surface=surface)

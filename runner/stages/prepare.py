@@ -40,7 +40,8 @@ def gather_inputs(settings: RunSettings) -> InputSet:
             table = str(ensure_demo(data.demo))
             log.info("demo dataset %r: %s", data.demo, table)
         if is_surface(data):
-            inputs = from_surface_table(Path(table), data.path_left_column, data.path_right_column)  # type: ignore[arg-type]
+            inputs = from_surface_table(Path(table), data.path_left_column,  # type: ignore[arg-type]
+                                        data.path_right_column, data.path_column)
         else:
             inputs = from_table(Path(table), data.path_column)  # type: ignore[arg-type]
     if data.query:
