@@ -403,3 +403,28 @@ def test_cifti_dscalar_inputs_equal_their_gifti_hemispheres(surface_study, tmp_p
         tmp_path / "sub-00.dscalar.nii")
     with pytest.raises(RunnerError, match="CORTEX_LEFT is on a mesh of 50 vertices but data.mesh has 10242"):
         run_analysis(tmp_path / "bad", [f"data.table={tmp_path / 'cifti.tsv'}"] + common)
+
+
+def test_user_meshes_as_surf_gii(surface_study, fsaverage5, tmp_path):
+    """The user's .surf.gii meshes (here fsaverage5's pial, written by nibabel) give the same maps as the bundled
+    mesh without its medial-wall mask, and are recorded as inputs (verify sees a changed mesh)."""
+    folder, run_dir, _, _ = surface_study
+    paths = {}
+    for hemi, part in (("left", "left"), ("right", "right")):
+        mesh = fsaverage5["pial"].parts[part]
+        image = nib.GiftiImage(darrays=[
+            nib.gifti.GiftiDataArray(np.asarray(mesh.coordinates, np.float32), intent="NIFTI_INTENT_POINTSET"),
+            nib.gifti.GiftiDataArray(np.asarray(mesh.faces, np.int32), intent="NIFTI_INTENT_TRIANGLE")])
+        paths[hemi] = tmp_path / f"{hemi}.pial.surf.gii"
+        nib.save(image, paths[hemi])
+    user_run = tmp_path / "user"
+    run_analysis(user_run, [f"data.table={folder / 'table.tsv'}", f"data.mesh_left={paths['left']}",
+                            f"data.mesh_right={paths['right']}", "correction=[fdr,bonferroni]", "report=false",
+                            "contrasts=[{name:mean,expr:Intercept}]"])
+    for stat in ("t", "z", "p"):
+        np.testing.assert_array_equal(our_map(user_run, stat), our_map(run_dir, stat))
+    manifest = json.loads((user_run / "manifest.json").read_text())
+    assert {"mesh_left", "mesh_right"} <= {f["role"] for f in manifest["input_files"]}
+    with pytest.raises(RunnerError, match="data.mesh_left and data.mesh_right go together"):
+        run_analysis(tmp_path / "bad", [f"data.table={folder / 'table.tsv'}", f"data.mesh_left={paths['left']}",
+                                        "report=false"])

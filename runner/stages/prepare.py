@@ -64,7 +64,7 @@ def input_files(settings: RunSettings) -> list[dict[str, str]]:
 
         table = str(ensure_demo(data.demo))
     files = (("table", table), ("participants", participants), ("mask", data.mask),
-             ("design_matrix", settings.design.matrix))
+             ("design_matrix", settings.design.matrix), ("mesh_left", data.mesh_left), ("mesh_right", data.mesh_right))
     return [{"role": role, "path": str(path), "sha256": sha256_file(Path(path))}
             for role, path in files if path and Path(path).is_file()]
 
