@@ -262,6 +262,12 @@ def test_surface_preset_runs_with_figures_and_verifies(tmp_path, monkeypatch):
     # the planted bumps are found: the FDR clusters' peaks are on the left and the right hemisphere
     table = pd.read_csv(run_dir / "contrast-mean_corr-fdr_clusters.tsv", sep="\t", na_values="n/a")
     assert {"L", "R"} <= set(table["hemi"])
+    # max-T's table gives each peak the FWE p of its vertex, as the written -log10 p map has it
+    maxt = pd.read_csv(run_dir / "contrast-mean_corr-maxt_clusters.tsv", sep="\t", na_values="n/a")
+    assert len(maxt)
+    for _, row in maxt.iterrows():
+        logp = read_gifti(run_dir / f"contrast-mean_stat-logp_corr-maxt_hemi-{row['hemi']}_statmap.func.gii")
+        assert row["p_fwe"] == pytest.approx(10 ** -abs(logp[int(row["vertex"])]), rel=1e-5)
     verdict = verify(run_dir)
     assert verdict.ok, verdict.changed_inputs + verdict.differences
 

@@ -271,11 +271,11 @@ def _mesh_cluster_table(space: Any, stat: np.ndarray, thresholded: np.ndarray, o
     level = float(nonzero.min()) * (1 - 1e-9)
     table = cluster_tools.cluster_table_in_space(space, thresholded, level, 0,
                                                  two_sided=bool(np.any(thresholded < 0)))
-    xyz = space.coordinates(np.arange(space.n_elements))
-    # the p of each reported peak, found by its position (peaks are vertices of the space)
-    lookup = {tuple(np.round(p, 6)): i for i, p in enumerate(xyz)}
-    peaks = [lookup[tuple(np.round(row, 6))] for row in table[["x", "y", "z"]].to_numpy(dtype=float)]
-    table["p_fwe"] = outcome.corrected_p[method][peaks]
+    # the p of each reported peak, found by its hemisphere and vertex (peaks are elements of the space)
+    index = space.index_values(np.arange(space.n_elements))
+    lookup = {(str(h), int(v)): element for element, (h, v) in enumerate(zip(index["hemi"], index["vertex"]))}
+    peaks = [lookup[(str(h), int(v))] for h, v in zip(table["hemi"], table["vertex"])]
+    table["p_fwe"] = outcome.corrected_p[method][np.asarray(peaks, dtype=np.int64)]
     return table
 
 
