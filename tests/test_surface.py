@@ -434,3 +434,15 @@ def test_user_meshes_as_surf_gii(surface_study, fsaverage5, tmp_path):
     with pytest.raises(RunnerError, match="data.mesh_left and data.mesh_right go together"):
         run_analysis(tmp_path / "bad", [f"data.table={folder / 'table.tsv'}", f"data.mesh_left={paths['left']}",
                                         "report=false"])
+
+
+def test_surface_demo_regeneration_is_bit_identical(tmp_path):
+    from runner.demo.datasets import DEMO_DATASETS
+
+    spec = DEMO_DATASETS["surface"]
+    for folder in ("a", "b"):
+        spec.generate(tmp_path / folder, spec.seed)
+    names = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "b").iterdir()) and len(names) > 60
+    for name in names:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name

@@ -1,4 +1,4 @@
-"""Seeded demo datasets (localizer, paired, vbm): generated on first use, cached, identical every time.
+"""Seeded demo datasets (localizer, paired, vbm, surface): generated on first use, cached, identical every time.
 
 ``ensure_demo(name)`` returns the dataset's ``table.tsv``. Datasets live under the cache root
 (``root`` argument, else ``$RUNNER_DEMO_DIR``, else ``$XDG_CACHE_HOME/second-level-runner/demo``,
@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from runner.demo.simulate import Blob, blob_map, quantize, smooth_noise
+from runner.demo.surface import generate_surface
 from runner.errors import RunnerError, did_you_mean
 from runner.resources import mni_gray_matter, mni_mask
 
@@ -432,7 +433,7 @@ DEMO_DATASETS: dict[str, DemoDataset] = {
             20240604,
             "30 subjects' contrast maps on fsaverage5 (both hemispheres, GIFTI); planted mean bumps and a "
             "patient-control difference",
-            lambda out_dir, seed: _generate_surface(out_dir, seed),
+            generate_surface,
         ),
         DemoDataset(
             "vbm",
@@ -443,12 +444,6 @@ DEMO_DATASETS: dict[str, DemoDataset] = {
         ),
     )
 }
-
-
-def _generate_surface(out_dir: Path, seed: int) -> None:
-    from runner.demo.surface import generate_surface
-
-    generate_surface(out_dir, seed)
 
 
 def demo_root(root: Path | str | None = None) -> Path:
