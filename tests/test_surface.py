@@ -446,3 +446,25 @@ def test_surface_demo_regeneration_is_bit_identical(tmp_path):
     assert names == sorted(p.name for p in (tmp_path / "b").iterdir()) and len(names) > 60
     for name in names:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
+def test_cifti_dscalar_round_trips_through_nibabel_with_its_brain_models(tmp_path):
+    """A map written by dscalar_bytes reads back (nibabel, then our reader) with the same cortex brain models
+    (structures, vertex lists, mesh sizes) and values."""
+    from runner.data.cifti import dscalar_bytes, read_cifti_map
+
+    rng = np.random.default_rng(0)
+    sizes = {"L": 40, "R": 30}
+    covered = rng.random(70) < 0.8
+    values = np.where(covered, rng.standard_normal(70), np.nan)
+    content = dscalar_bytes(values, covered, sizes, "z")
+    (tmp_path / "map.dscalar.nii").write_bytes(content)
+    image = nib.load(tmp_path / "map.dscalar.nii")
+    models = image.header.get_axis(1)
+    structures = [(name, model.vertex.tolist(), model.nvertices[name]) for name, _, model in models.iter_structures()]
+    assert structures == [("CIFTI_STRUCTURE_CORTEX_LEFT", np.flatnonzero(covered[:40]).tolist(), 40),
+                          ("CIFTI_STRUCTURE_CORTEX_RIGHT", np.flatnonzero(covered[40:]).tolist(), 30)]
+    assert list(image.header.get_axis(0).name) == ["z"]
+    back = read_cifti_map(tmp_path / "map.dscalar.nii", sizes, content)
+    np.testing.assert_array_equal(back.covered, covered)
+    np.testing.assert_allclose(back.values[covered], values[covered].astype(np.float32))

@@ -82,3 +82,27 @@ def read_cifti_map(path: Path, sizes: dict[str, int], content: bytes) -> CiftiMa
     if not covered.any():
         raise RunnerError(f"input {path} has no cortical surface brain model (CORTEX_LEFT / CORTEX_RIGHT)")
     return CiftiMap(values, covered, n_volume)
+
+
+def dscalar_bytes(values: np.ndarray, covered: np.ndarray, sizes: dict[str, int], map_name: str) -> bytes:
+    """One map (N_L + N_R,) as CIFTI-2 dense scalar bytes over the cortex brain models of ``covered`` vertices.
+
+    The inverse of :func:`read_cifti_map` for surface models (volume models are not analysed, so not written).
+    Not yet wired into the run's outputs: ``runner.verify`` compares ``.nii`` maps through their affine, which a
+    CIFTI image does not have.
+    """
+    import nibabel as nib
+
+    offsets = {"L": 0, "R": sizes["L"]}
+    models, columns = None, []
+    for hemi, name in (("L", "CortexLeft"), ("R", "CortexRight")):
+        part = np.asarray(covered[offsets[hemi]:offsets[hemi] + sizes[hemi]], dtype=bool)
+        if not part.any():
+            continue
+        axis = nib.cifti2.BrainModelAxis.from_mask(part, name=name)
+        models = axis if models is None else models + axis
+        columns.append(offsets[hemi] + np.flatnonzero(part))
+    if models is None:
+        raise ValueError("no covered vertex to write")
+    data = np.asarray(values, dtype=np.float32)[np.concatenate(columns)][None]
+    return nib.Cifti2Image(data, header=(nib.cifti2.ScalarAxis([map_name]), models)).to_bytes()
