@@ -80,6 +80,13 @@ class Surface:
         return {name: full[self.space.parts[name]] for name in self.hemispheres}
 
 
+def input_records(ref: ImageRef, digests: dict[str, str]) -> list[dict[str, str | None]]:
+    """The manifest's input records of one row: one per file (both hemisphere files of a GIFTI pair)."""
+    if isinstance(ref, SurfaceRef):
+        return [{"path": str(path), "sha256": digests.get(str(path))} for path in (ref.path, ref.right)]
+    return [{"path": str(ref), "sha256": digests.get(str(ref.path))}]
+
+
 # -- meshes --------------------------------------------------------------------------------------------------------
 def bundled_mesh(name: str) -> dict[str, Hemisphere]:
     """A mesh bundled in ``runner/resources`` (see its README for origin and licence)."""
@@ -265,9 +272,8 @@ def load_surface_data(inputs: InputSet, settings: DataConfig,
         left, left_bytes = read_gifti_map(ref.path, sizes["L"], "left hemisphere input")
         right, right_bytes = read_gifti_map(ref.right, sizes["R"], "right hemisphere input")  # type: ignore[arg-type]
         rows.append(np.concatenate([left, right]))
-        # one record per row: the sha256 of both files' sha256 (left, right), so a change in either shows
-        digests[str(ref.path)] = hashlib.sha256((hashlib.sha256(left_bytes).hexdigest()
-                                                 + hashlib.sha256(right_bytes).hexdigest()).encode()).hexdigest()
+        digests[str(ref.path)] = hashlib.sha256(left_bytes).hexdigest()
+        digests[str(ref.right)] = hashlib.sha256(right_bytes).hexdigest()
         if progress:
             progress(1.0)
     full = np.vstack(rows)

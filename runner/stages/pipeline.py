@@ -8,7 +8,7 @@ import yaml
 
 from runner.config import RunSettings
 from runner.data.loader import validate_inputs
-from runner.data.surface import is_surface
+from runner.data.surface import input_records, is_surface
 from runner.outputs import results
 from runner.outputs.writer import OutputWriter
 from runner.stages import model as model_stage
@@ -29,7 +29,7 @@ def run_stages(settings: RunSettings, writer: OutputWriter, timings: Any, resolv
         fields["input_files"] = input_files(settings)
     with timings.stage("load"):
         data, fields["data_cache"] = load_with_progress(inputs, settings, checked, writer.run_dir)
-    fields["inputs"] = [{"path": str(ref), "sha256": data.input_sha256.get(str(ref.path))} for ref in data.inputs]
+    fields["inputs"] = [record for ref in data.inputs for record in input_records(ref, data.input_sha256)]
     fields["n_maps"], fields["n_voxels"] = data.n_maps, data.n_voxels
     fields["notes"] = list(inputs.notes) + list(design.notes) + list(data.notes)
     with timings.stage("design_outputs"):
