@@ -254,6 +254,7 @@ def test_surface_config_errors_are_one_line(tmp_path, surface_study):
                                       "data.path_left_column=path_left_x", "report=false"])
 
 
+@pytest.mark.slow  # about 10 s: the preset with its figures, report and verify
 def test_surface_preset_runs_with_figures_and_verifies(tmp_path, monkeypatch):
     from runner.verify import verify
 
