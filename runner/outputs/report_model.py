@@ -269,6 +269,12 @@ class ReportModel:
         return {"anchor": self.anchors[name], "name": name, "subtitle": " · ".join(subtitle), "methods": methods,
                 "extra_figures": [f for f in extra if f]}
 
+    def element_count(self, n: Any) -> str:
+        """``12 voxels`` (volumes) or ``12 vertices`` (surfaces)."""
+        if getattr(self.data, "surface", None) is not None:
+            return f"{int(n):,} {'vertex' if int(n) == 1 else 'vertices'}"
+        return count(n, "voxel")
+
     def method_part(self, name: str, method: str) -> dict[str, Any]:
         row = self.row(name, method)
         figures = sorted((e for e in self.figures() if e.contrast == name and e.correction == method), key=view_rank)
@@ -276,7 +282,7 @@ class ReportModel:
         n = row.get("n_voxels")
         tables = [e for e in self.entries if e.kind == "clusters" and e.contrast == name and e.correction == method]
         return {"anchor": self.method_anchor(name, method), "name": method,
-                "toc_label": method + (f" ({count(n, 'voxel')})" if n is not None else ""),
+                "toc_label": method + (f" ({self.element_count(n)})" if n is not None else ""),
                 "facts": self.method_facts(name, method, row), "figures": shown,
                 "missing": [e.path for e in figures if e.path in self.unreadable],
                 "cluster_tables": [report_tables.read_cluster_table(self.run_dir, e) for e in tables]}
@@ -292,13 +298,14 @@ class ReportModel:
         facts.append(("threshold", self.threshold_text(name, method, row)))
         if extra.get("two_sided") is not None:
             facts.append(("test", "two-sided" if extra["two_sided"] else "one-sided"))
+        element = "vertices" if getattr(self.data, "surface", None) is not None else "voxels"
         if extra.get("cluster_threshold"):
-            facts.append(("cluster extent", f"≥ {fmt(extra['cluster_threshold'])} voxels"))
+            facts.append(("cluster extent", f"≥ {fmt(extra['cluster_threshold'])} {element}"))
         if extra.get("n_permutations") and "n_permutations" not in row:
             facts.append(("permutations", f"{int(extra['n_permutations']):,}"
                           + (" (exhaustive)" if extra.get("exhaustive") else "")))
         if row.get("n_voxels") is not None:
-            facts.append(("voxels surviving", f"{int(row['n_voxels']):,}"))
+            facts.append((f"{element} surviving", f"{int(row['n_voxels']):,}"))
         if row.get("n_clusters") is not None:
             facts.append(("clusters", f"{int(row['n_clusters']):,}"))
         if row.get("peak") is not None:
