@@ -45,6 +45,13 @@ class DataConfig:
     nan_policy: str = field(default="exclude", metadata=check(one_of("exclude", "error")))
     dtype: str = field(default="float64", metadata=check(one_of("float64", "float32")))
     variance_column: str = "variance_path"  # table column naming each map's first-level variance map (model=mfx)
+    # surfaces (runner/data/surface.py): a bundled mesh name, or the user's .surf.gii per hemisphere
+    mesh: Optional[str] = field(default=None, metadata=check(one_of(None, "fsaverage5")))
+    mesh_left: Optional[str] = None
+    mesh_right: Optional[str] = None
+    path_left_column: str = "path_left"
+    path_right_column: str = "path_right"
+    exclude_medial_wall: bool = True  # with a bundled mesh; the user's meshes have no medial-wall mask
 
 
 @dataclass
@@ -183,6 +190,11 @@ def build_settings(config: Any) -> RunSettings:
         from runner.bids_model import apply_bids_model
 
         settings = apply_bids_model(settings)
+    if data.mesh or data.mesh_left or data.mesh_right:
+        for key in ("glob", "image_4d", "mask"):
+            if getattr(data, key):
+                raise RunnerError(f"data.{key} is for volumes; surface analyses (data.mesh) read a table with "
+                                  "path_left and path_right columns and mask the medial wall")
     if design.formula is None and design.matrix is None:
         raise RunnerError("set design.formula (e.g. '1') or design.matrix")
     if design.matrix is not None and design.formula not in (None, "1"):

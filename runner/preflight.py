@@ -27,7 +27,7 @@ PERMUTATION_SHARE = 0.5  # of the memory budget; the rest is for the data and th
 MIN_FIGURE_VOXELS = 2  # slices and projections need at least two voxels along every axis
 
 
-def check_analysis(settings: RunSettings, design: Design, grid_shape: Sequence[int]) -> None:
+def check_analysis(settings: RunSettings, design: Design, grid_shape: Sequence[int] | None) -> None:
     """Refuse what cannot run before the maps are loaded (see the module docstring)."""
     from runner.inference import registry
 
@@ -39,7 +39,7 @@ def check_analysis(settings: RunSettings, design: Design, grid_shape: Sequence[i
         for method, params in methods.items():
             check_permutation_memory(params.n_permutations, n_distinct_upper_bound(design, params),
                                      design.matrix.shape[0], len(methods), budget, f"correction.{method}")
-    if settings.report:
+    if settings.report and grid_shape is not None:  # None: a mesh, drawn as surfaces
         check_figure_grid(grid_shape)
 
 

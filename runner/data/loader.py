@@ -60,6 +60,16 @@ class GroupData:
     inputs: tuple[ImageRef, ...]
     input_sha256: dict[str, str] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    surface: Any = None  # runner.data.surface.Surface for surface inputs: mask is then (vertices,), affine unused
+
+    @property
+    def space(self) -> Any:
+        """Where the columns of ``Y`` live: a MeshSpace (surfaces) or a GridSpace over the mask (connectivity 6)."""
+        if self.surface is not None:
+            return self.surface.space
+        from runner.space import GridSpace
+
+        return GridSpace(self.mask, self.affine)
 
     @property
     def n_maps(self) -> int:
@@ -74,7 +84,7 @@ class GroupData:
         return Grid(tuple(self.mask.shape), self.affine)  # type: ignore[arg-type]
 
     def unmask(self, values: np.ndarray, fill: float = 0.0) -> np.ndarray:
-        """Put in-mask values (V,) back on the 3D grid."""
+        """Put in-mask values (V,) back on the 3D grid (on all vertices of both hemispheres for surfaces)."""
         return unmask(values, self.mask, fill)
 
 

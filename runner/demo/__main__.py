@@ -32,7 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     except RunnerError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
-    print(f"demo dataset {args.name}: {table} (one row per map; the column 'path' names the images)")
+    naming = ("the columns 'path_left' and 'path_right' name its hemisphere files" if args.name == "surface"
+              else "the column 'path' names the images")
+    print(f"demo dataset {args.name}: {table} (one row per map; {naming})")
     return 0
 
 

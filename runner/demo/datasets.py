@@ -1,4 +1,4 @@
-"""Seeded demo datasets (localizer, paired, vbm, mixed): generated on first use, cached, identical every time.
+"""Seeded demo datasets (localizer, paired, vbm, mixed, surface), generated on first use, cached, always identical.
 
 ``ensure_demo(name)`` returns the dataset's ``table.tsv``. Datasets live under the cache root
 (``root`` argument, else ``$RUNNER_DEMO_DIR``, else ``$XDG_CACHE_HOME/second-level-runner/demo``,
@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from runner.demo.simulate import Blob, blob_map, quantize, smooth_noise
+from runner.demo.surface import generate_surface
 from runner.errors import RunnerError, did_you_mean
 from runner.resources import mni_gray_matter, mni_mask
 
@@ -431,6 +432,14 @@ DEMO_DATASETS: dict[str, DemoDataset] = {
             "16 subjects x 2 checkerboard conditions (a/b) with large subject offsets; "
             "a paired test finds the planted condition difference that an unpaired test misses",
             generate_paired,
+        ),
+        DemoDataset(
+            "surface",
+            1,
+            20240604,
+            "30 subjects' contrast maps on fsaverage5 (both hemispheres, GIFTI); planted mean bumps and a "
+            "patient-control difference",
+            generate_surface,
         ),
         DemoDataset(
             "vbm",

@@ -21,7 +21,10 @@ def write_batch(writer: OutputWriter, data: Any, contrast: str, batch: BatchResu
 
 def write_request(writer: OutputWriter, data: Any, contrast: str, request: OutputRequest, report: bool) -> None:
     """Write one output request; ``data`` supplies the grid (``unmask``, ``affine``, ``mask``)."""
-    if isinstance(request, MapOutput):
+    if isinstance(request, MapOutput) and getattr(data, "surface", None) is not None:
+        writer.surface_map(data.surface.split(request.values, fill=request.fill), contrast=contrast,
+                           stat=request.stat, correction=request.correction, desc=request.desc, **request.meta)
+    elif isinstance(request, MapOutput):
         name = map_name(contrast, request.stat, request.correction, desc=request.desc) if request.desc else None
         writer.map(data.unmask(request.values, fill=request.fill), data.affine, contrast=contrast, stat=request.stat,
                    correction=request.correction, name=name, **request.meta)
@@ -30,6 +33,11 @@ def write_request(writer: OutputWriter, data: Any, contrast: str, request: Outpu
                      correction=request.correction, **request.meta)
     elif not report:
         return
+    elif isinstance(request, MapViews) and getattr(data, "surface", None) is not None:
+        from runner.outputs.figures_surface import write_surface_figures
+
+        write_surface_figures(writer, data.surface, request.values, request.threshold, contrast, request.stat,
+                              request.correction, request.title, vmax=request.vmax)
     elif isinstance(request, MapViews):
         from runner.outputs.results import write_map_figures
 

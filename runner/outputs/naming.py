@@ -52,6 +52,13 @@ def sidecar_name(file_name: str) -> str:
     raise ValueError(f"no sidecar rule for {file_name!r}")
 
 
+def surface_map_name(contrast: str, stat: str, hemi: str, correction: str | None = None,
+                     desc: str | None = None) -> str:
+    """``contrast-<name>_stat-<stat>[_corr-<method>][_desc-<label>]_hemi-<L|R>_statmap.func.gii``."""
+    volume = map_name(contrast, stat, correction, desc=desc)
+    return volume[: -len("_statmap.nii.gz")] + f"_hemi-{safe_label(hemi)}_statmap.func.gii"
+
+
 def table_name(suffix: str, contrast: str | None = None, correction: str | None = None,
                stat: str | None = None, extension: str = ".tsv") -> str:
     """``[contrast-<name>_][stat-<stat>_][corr-<method>_]<suffix>.tsv``."""

@@ -29,14 +29,23 @@ def key_settings(settings: Any) -> list[tuple[str, Parts]]:
             out.append(("data", parts(f"{source[0]} ", code(source[1]))))
         if getattr(data, "query", None):
             out.append(("data.query", parts(code(data.query))))
-        if getattr(data, "mask", None):
+        mesh = getattr(data, "mesh", None) or (
+            f"{data.mesh_left} + {data.mesh_right}" if getattr(data, "mesh_left", None) else None)
+        if mesh:  # a surface analysis: the mesh and its mask, smoothing on the mesh
+            wall = getattr(data, "exclude_medial_wall", True) and getattr(data, "mesh", None)
+            out.append(("mesh", parts(code(mesh))))
+            out.append(("mask", parts("cortex (medial wall left out)" if wall else "every vertex")))
+            fwhm = getattr(data, "smoothing_fwhm", None)
+            out.append(("smoothing", parts(f"{fmt(fwhm)} mm FWHM on the mesh" if fwhm else "none")))
+        elif getattr(data, "mask", None):
             out.append(("mask", parts(code(data.mask))))
         else:
             strategy = getattr(data, "mask_strategy", "nonzero")
             threshold = (f", threshold {fmt(data.mask_threshold)}" if strategy in ("absolute", "relative") else "")
             out.append(("mask", parts(f"automatic ({strategy}{threshold})")))
-        fwhm = getattr(data, "smoothing_fwhm", None)
-        out.append(("smoothing", parts(f"{fmt(fwhm)} mm FWHM" if fwhm else "none")))
+        if not mesh:
+            fwhm = getattr(data, "smoothing_fwhm", None)
+            out.append(("smoothing", parts(f"{fmt(fwhm)} mm FWHM" if fwhm else "none")))
     if design is not None:
         if getattr(design, "matrix", None):
             out.append(("design", parts("matrix ", code(design.matrix))))

@@ -28,8 +28,9 @@ log = logging.getLogger(__name__)
 
 # Fewer permutations than this makes p-values coarse (the smallest attainable p is 1 / n_permutations).
 FEW_PERMUTATIONS = 1000
-VIEW_ORDER = ("slices", "glassbrain", "montage")
+VIEW_ORDER = ("slices", "surface", "glassbrain", "montage")
 VIEW_CAPTIONS = {
+    "surface": "Lateral and medial views of both hemispheres (inflated surface, sulcal depth in grey)",
     "slices": "Orthogonal slices through the peak",
     "glassbrain": "Glass brain (maximum-intensity projections)",
     "montage": "Axial montage",
@@ -94,7 +95,10 @@ class ReportModel:
         n_maps = getattr(self.data, "n_maps", self.fields.get("n_maps"))
         n_voxels = getattr(self.data, "n_voxels", self.fields.get("n_voxels"))
         methods = self.methods_in_order()
-        facts = [count(n_maps, "map"), f"{count(n_voxels, 'voxel')} in the mask",
+        on_surface = getattr(self.data, "surface", None) is not None
+        elements = (f"{int(n_voxels):,} vertices" if on_surface and n_voxels is not None
+                    else count(n_voxels, "voxel"))
+        facts = [count(n_maps, "map"), f"{elements} in the mask",
                  count(len(self.contrast_names), "contrast"),
                  "corrections: " + (", ".join(methods) if methods else "none")]
         return {"name": self.analysis_name(), "facts": facts, "run_dir": str(self.shown_dir),
@@ -185,7 +189,12 @@ class ReportModel:
         mask = getattr(self.data, "mask", None)
         affine = getattr(self.data, "affine", None)
         facts = [("maps analysed", count(getattr(self.data, "n_maps", len(frame)), "map"))]
-        if mask is not None:
+        surface = getattr(self.data, "surface", None)
+        if surface is not None:
+            facts.append(("vertices in the mask", f"{int(np.sum(mask)):,}"))
+            facts.append(("mesh", f"{surface.name}: " + ", ".join(
+                f"{hemi} {len(m.vertices):,} vertices" for hemi, m in surface.hemispheres.items())))
+        elif mask is not None:
             facts.append(("voxels in the mask", f"{int(np.sum(mask)):,}"))
             grid = " × ".join(str(n) for n in np.shape(mask))
             if affine is not None:
@@ -260,6 +269,12 @@ class ReportModel:
         return {"anchor": self.anchors[name], "name": name, "subtitle": " · ".join(subtitle), "methods": methods,
                 "extra_figures": [f for f in extra if f]}
 
+    def element_count(self, n: Any) -> str:
+        """``12 voxels`` (volumes) or ``12 vertices`` (surfaces)."""
+        if getattr(self.data, "surface", None) is not None:
+            return f"{int(n):,} {'vertex' if int(n) == 1 else 'vertices'}"
+        return count(n, "voxel")
+
     def method_part(self, name: str, method: str) -> dict[str, Any]:
         row = self.row(name, method)
         figures = sorted((e for e in self.figures() if e.contrast == name and e.correction == method), key=view_rank)
@@ -269,7 +284,7 @@ class ReportModel:
         other_tables = [e for e in self.entries if e.kind == "table" and e.contrast == name
                         and e.correction == method and e.extra.get("shown_in_report")]
         return {"anchor": self.method_anchor(name, method), "name": method,
-                "toc_label": method + (f" ({count(n, 'voxel')})" if n is not None else ""),
+                "toc_label": method + (f" ({self.element_count(n)})" if n is not None else ""),
                 "facts": self.method_facts(name, method, row), "figures": shown,
                 "missing": [e.path for e in figures if e.path in self.unreadable],
                 "tables": [report_tables.read_plain_table(self.run_dir, e) for e in other_tables],
@@ -288,13 +303,14 @@ class ReportModel:
         facts.append(("threshold", self.threshold_text(name, method, row)))
         if extra.get("two_sided") is not None:
             facts.append(("test", "two-sided" if extra["two_sided"] else "one-sided"))
+        element = "vertices" if getattr(self.data, "surface", None) is not None else "voxels"
         if extra.get("cluster_threshold"):
-            facts.append(("cluster extent", f"≥ {fmt(extra['cluster_threshold'])} voxels"))
+            facts.append(("cluster extent", f"≥ {fmt(extra['cluster_threshold'])} {element}"))
         if extra.get("n_permutations") and "n_permutations" not in row:
             facts.append(("permutations", f"{int(extra['n_permutations']):,}"
                           + (" (exhaustive)" if extra.get("exhaustive") else "")))
         if row.get("n_voxels") is not None:
-            facts.append(("voxels surviving", f"{int(row['n_voxels']):,}"))
+            facts.append((f"{element} surviving", f"{int(row['n_voxels']):,}"))
         if row.get("n_clusters") is not None:
             facts.append(("clusters", f"{int(row['n_clusters']):,}"))
         if row.get("peak") is not None:

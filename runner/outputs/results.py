@@ -48,6 +48,10 @@ def write_contrast_maps(writer: OutputWriter, data: GroupData, contrasts: list[C
                 "z": result.z, "p": result.p}
         names = CONTRAST_MAPS_T if result.stat_type == "t" else CONTRAST_MAPS_F
         for stat in names:
+            if data.surface is not None:
+                writer.surface_map(data.surface.split(np.asarray(maps[stat], dtype=float)), contrast=contrast.name,
+                                   stat=stat, dof=result.dof, stat_type=result.stat_type)
+                continue
             writer.map(data.unmask(np.asarray(maps[stat], dtype=float)), data.affine, contrast=contrast.name,
                        stat=stat, dof=result.dof, stat_type=result.stat_type)
         n_nan = int(np.sum(~np.isfinite(result.stat)))
@@ -91,7 +95,10 @@ def write_covariate_figure(writer: OutputWriter, data: GroupData, design: Design
     others = np.arange(X.shape[1]) != column
     nuisance = X[:, others] @ beta[others]
     adjusted = y - nuisance + nuisance.mean()  # keep the values on their natural scale
-    peak_mm = data.affine @ np.r_[np.argwhere(data.mask)[peak], 1.0]
+    if data.surface is not None:
+        peak_mm = data.space.coordinates(np.array([peak]))[0]
+    else:
+        peak_mm = data.affine @ np.r_[np.argwhere(data.mask)[peak], 1.0]
     name = design.columns[column]
     title = (f"{contrast.name}: peak voxel ({peak_mm[0]:.0f}, {peak_mm[1]:.0f}, {peak_mm[2]:.0f}) mm, "
              f"z = {z[peak]:.2f}")

@@ -19,7 +19,7 @@ from runner.outputs import bids_derivative, naming
 from runner.outputs.atomic import sha256_file, write_atomic, write_text_atomic
 from runner.rundir import MANIFEST_FORMAT, MANIFEST_FORMAT_VERSION, MANIFEST_NAME
 
-__all__ = ["MANIFEST_NAME", "OutputEntry", "OutputWriter", "nifti_gz_bytes"]
+__all__ = ["MANIFEST_NAME", "OutputEntry", "OutputWriter", "gifti_bytes", "nifti_gz_bytes"]
 
 
 @dataclass
@@ -50,6 +50,16 @@ def nifti_gz_bytes(volume: np.ndarray, affine: np.ndarray) -> bytes:
     image.set_qform(image.affine, code=1)
     image.set_sform(image.affine, code=1)
     return gzip.compress(image.to_bytes(), compresslevel=6, mtime=0)
+
+
+def gifti_bytes(values: np.ndarray, hemi: str) -> bytes:
+    """One float32 map as GIFTI bytes (one data array, intent NONE, the hemisphere as its structure)."""
+    structure = {"L": "CortexLeft", "R": "CortexRight"}.get(hemi, "Other")
+    array = nib.gifti.GiftiDataArray(np.asarray(values, dtype=np.float32), intent="NIFTI_INTENT_NONE",
+                                     datatype="NIFTI_TYPE_FLOAT32")
+    image = nib.GiftiImage(darrays=[array])
+    image.meta = nib.gifti.GiftiMetaData({"AnatomicalStructurePrimary": structure})
+    return image.to_bytes()
 
 
 class OutputWriter:
@@ -120,6 +130,21 @@ class OutputWriter:
         with storage_errors(path=target):
             write_text_atomic(target, json.dumps(_jsonable(content), indent=2, allow_nan=False) + "\n")
         return self._register(name, target, kind, **meta)
+
+    def surface_map(self, hemispheres: dict[str, np.ndarray], *, contrast: str, stat: str,
+                    correction: str | None = None, alpha: float | None = None, threshold: float | None = None,
+                    desc: str | None = None, **extra: Any) -> list[Path]:
+        """Write one GIFTI (float32, ``.func.gii``) per hemisphere, ``..._hemi-<L|R>_statmap.func.gii``, each
+        registered with its ``hemi``."""
+        paths = []
+        for hemi, values in hemispheres.items():
+            name = naming.surface_map_name(contrast, stat, hemi, correction, desc=desc)
+            target = self._target(name)
+            payload = gifti_bytes(values, hemi)
+            write_atomic(target, lambda tmp, payload=payload: tmp.write_bytes(payload))
+            paths.append(self._register(name, target, "map", contrast=contrast, stat=stat, correction=correction,
+                                        alpha=alpha, threshold=threshold, hemi=hemi, **extra))
+        return paths
 
     def table(self, frame: pd.DataFrame, *, suffix: str, kind: str = "table", contrast: str | None = None,
               stat: str | None = None, correction: str | None = None, alpha: float | None = None,

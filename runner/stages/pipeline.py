@@ -8,6 +8,7 @@ import yaml
 
 from runner.config import RunSettings
 from runner.data.loader import validate_inputs
+from runner.data.surface import input_records, is_surface
 from runner.outputs import bids_derivative, results
 from runner.preflight import check_analysis
 from runner.outputs.writer import OutputWriter
@@ -26,12 +27,13 @@ def run_stages(settings: RunSettings, writer: OutputWriter, timings: Any, resolv
         inputs = gather_inputs(settings)
         design, inputs = make_design(settings, inputs)
         contrasts = make_contrasts(settings, design)
-        checked = validate_inputs(inputs, settings.data)  # every header, before any voxel is decoded
-        check_analysis(settings, design, checked.grid.shape)  # blocks, permutation memory, figure grid
+        # every header, before any voxel is decoded (GIFTI surface maps are checked as they are read)
+        checked = None if is_surface(settings.data) else validate_inputs(inputs, settings.data)
+        check_analysis(settings, design, None if checked is None else checked.grid.shape)  # blocks, memory, figures
         variance_refs = _variance_images(settings, inputs) if settings.model.kind == "mfx" else ()
     with timings.stage("load"):
         data, fields["data_cache"] = load_with_progress(inputs, settings, checked, writer.run_dir)
-    fields["inputs"] = [{"path": str(ref), "sha256": data.input_sha256.get(str(ref.path))} for ref in data.inputs]
+    fields["inputs"] = [record for ref in data.inputs for record in input_records(ref, data.input_sha256)]
     fields["n_maps"], fields["n_voxels"] = data.n_maps, data.n_voxels
     fields["notes"] = list(inputs.notes) + list(design.notes) + list(data.notes)
     with timings.stage("design_outputs"):

@@ -13,6 +13,7 @@ from runner.contrasts import Contrast, build_contrast
 from runner.data.checks import validate_table
 from runner.data.loader import CheckedInputs, GroupData, load_group_data
 from runner.data.sources import InputSet, apply_query, from_4d, from_glob, from_table
+from runner.data.surface import from_surface_table, is_surface, load_surface_data
 from runner.design import Design, build_design
 from runner.errors import RunnerError
 from runner.outputs.naming import check_distinct_labels
@@ -43,7 +44,11 @@ def gather_inputs(settings: RunSettings) -> InputSet:
 
             table = str(ensure_demo(data.demo))
             log.info("demo dataset %r: %s", data.demo, table)
-        inputs = from_table(Path(table), data.path_column)  # type: ignore[arg-type]
+        if is_surface(data):
+            inputs = from_surface_table(Path(table), data.path_left_column,  # type: ignore[arg-type]
+                                        data.path_right_column, data.path_column)
+        else:
+            inputs = from_table(Path(table), data.path_column)  # type: ignore[arg-type]
     if data.query:
         inputs = apply_query(inputs, data.query)
     log.info("inputs: %d map(s), table columns: %s", len(inputs.images), ", ".join(map(str, inputs.table.columns)))
@@ -116,6 +121,10 @@ def load_with_progress(inputs: InputSet, settings: RunSettings, checked: Checked
                                    memory_budget_bytes=memory_budget_bytes(settings.memory_budget_gb),
                                    scratch_dir=scratch_dir, checked=checked)
 
+    if is_surface(settings.data):  # GIFTI maps are read whole and small: no cache
+        with progress_bar(total=len(inputs.images), desc="loading maps", unit="map",
+                          enabled=settings.progress) as bar:
+            return load_surface_data(inputs, settings.data, progress=bar.update), "off"
     if not settings.cache:
         return load(), "off"
     from runner.data.cache import cache_directory, cached_load

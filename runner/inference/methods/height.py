@@ -49,7 +49,8 @@ def count_clusters(table: Any) -> int:
     """Clusters in a cluster table (sub-peak rows have no size)."""
     if table.empty:
         return 0
-    return int(table["size_voxels"].notna().sum())
+    size = "size_voxels" if "size_voxels" in table.columns else "size_vertices"
+    return int(table[size].notna().sum())
 
 
 def run_height(inputs: ContrastInputs, params_by_method: dict[str, Any]) -> BatchResult:
@@ -61,12 +62,16 @@ def run_height(inputs: ContrastInputs, params_by_method: dict[str, Any]) -> Batc
     two_sided = effective_two_sided(result.stat_type, params.two_sided)
     z = np.where(np.isfinite(result.z), result.z, 0.0)
     threshold = parametric.height_threshold(result.z, method, params.alpha, two_sided)  # NaN z: not a test
-    z3d = data.unmask(z)
-    thresholded = clusters.threshold_map(z3d, data.mask, threshold, params.cluster_threshold, two_sided)
-    table = clusters.cluster_table(z3d, data.affine, threshold, params.cluster_threshold, two_sided)
+    if data.surface is not None:  # on the mesh: edges of the triangles, extents in vertices and mm2
+        surviving = clusters.threshold_in_space(data.space, z, threshold, params.cluster_threshold, two_sided)
+        table = clusters.cluster_table_in_space(data.space, z, threshold, params.cluster_threshold, two_sided)
+    else:
+        z3d = data.unmask(z)
+        thresholded = clusters.threshold_map(z3d, data.mask, threshold, params.cluster_threshold, two_sided)
+        table = clusters.cluster_table(z3d, data.affine, threshold, params.cluster_threshold, two_sided)
+        surviving = thresholded[data.mask]
     meta = dict(alpha=params.alpha, threshold=threshold if np.isfinite(threshold) else None)
-    surviving = thresholded[data.mask]
-    n_surviving = int(np.count_nonzero(thresholded))
+    n_surviving = int(np.count_nonzero(surviving))
     n_clusters = count_clusters(table)
     peak = float(z[np.argmax(np.abs(z))]) if z.size else float("nan")
     log.info("contrast %s, %s alpha=%g: threshold z=%.3f, %d voxel(s) in %d cluster(s)", contrast.name, method,

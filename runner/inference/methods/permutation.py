@@ -16,6 +16,7 @@ import pandas as pd
 from runner.checks import check, in_open_unit, non_negative, one_of, positive, tfce_step
 from runner.errors import RunnerError, did_you_mean
 from runner.inference.registry import ContrastInputs, InferenceMethod, register
+from runner.space.defaults import TFCE_E_SURFACE, TFCE_H_SURFACE
 from runner.results import (BatchResult, MapOutput, MapViews, MethodResult, NullFigure, TableOutput,
                             format_number, table_peak)
 
@@ -75,6 +76,7 @@ class TfceCorrection(PermutationCorrection):
 # what the critical value of each method measures, for the report
 MEASURES = {"maxt": ("", ""), "clustersize": ("cluster size", " voxels"), "clustermass": ("cluster mass", ""),
             "tfce": ("TFCE", "")}
+MESH_UNITS = {"clustersize": " mm2"}  # on a mesh, cluster size is the cluster's area
 
 
 def _engine_settings(params: Any, inputs: ContrastInputs) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -139,7 +141,12 @@ def run_permutation(inputs: ContrastInputs, params_by_method: dict[str, Any]) ->
     for number, (options, names) in enumerate(all_passes):
         log.info("contrast %s: permutation inference (%s), %d permutations requested", contrast.name,
                  ", ".join(names), options.n_permutations)
-        outcome = permutation_inference(data.Y, X, contrast.matrix, data.mask, names, options)
+        space = data.surface.space if data.surface is not None else data.mask  # a mesh is its own graph
+        outcome = permutation_inference(data.Y, X, contrast.matrix, space, names, options)
+        if data.surface is not None and "tfce" in names and options.tfce_E != TFCE_E_SURFACE:
+            batch.notes.append(f"contrast {contrast.name}: TFCE on the surface with E = {options.tfce_E:g}; "
+                               f"E = {TFCE_E_SURFACE:g}, H = {TFCE_H_SURFACE:g} are the usual surface setting "
+                               "(correction.tfce.E)")
         for message in outcome.messages:
             log.info("contrast %s: %s", contrast.name, message)
         if outcome.n_permutations_done < FEW_PERMUTATIONS and not outcome.exhaustive:
@@ -181,7 +188,8 @@ def _method_result(inputs: ContrastInputs, outcome: Any, method: str, params: An
     thresholded = np.where(surviving, stat, 0.0)
     table = permutation_cluster_table(inputs, stat, thresholded, outcome, method)
     n_voxels = int(np.count_nonzero(thresholded))
-    n_clusters = int(table["size_voxels"].notna().sum()) if len(table) else 0
+    size = "size_vertices" if inputs.data.surface is not None else "size_voxels"
+    n_clusters = int(table[size].notna().sum()) if len(table) else 0
     title = f"{contrast.name}: {method} null distribution ({null.size} permutations)"
     outputs = [
         MapOutput(logp, stat="logp", correction=method, meta=dict(meta, signed=outcome.two_sided)),
@@ -198,7 +206,8 @@ def _method_result(inputs: ContrastInputs, outcome: Any, method: str, params: An
              alpha, critical, n_voxels, n_clusters)
     peak = float(stat[np.argmax(np.abs(stat))]) if stat.size else float("nan")
     summary = {"threshold": critical, "n_voxels": n_voxels, "n_clusters": n_clusters, "peak": peak, "alpha": alpha,
-               "threshold_text": threshold_text(method, params, critical, outcome)}
+               "threshold_text": threshold_text(method, params, critical, outcome,
+                                                mesh=inputs.data.surface is not None)}
     if outcome.dof_map is not None:  # variance groups: say which statistic and scheme ran, and why
         summary.update(statistic=outcome.statistic, scheme=outcome.scheme, scheme_reason=outcome.scheme_reason)
     return MethodResult(method, outputs, summary)
@@ -213,11 +222,12 @@ def signed_logp(logp: np.ndarray, stat: np.ndarray) -> np.ndarray:
     return np.where(np.asarray(stat) < 0, -np.asarray(logp), np.asarray(logp))
 
 
-def threshold_text(method: str, params: Any, critical: float, outcome: Any) -> str:
+def threshold_text(method: str, params: Any, critical: float, outcome: Any, mesh: bool = False) -> str:
     """How the report states the bar: the statistic (max-T) or the cluster measure it is set on."""
     if not np.isfinite(critical):
         return "none reachable"
     measure, unit = MEASURES[method]
+    unit = MESH_UNITS.get(method, unit) if mesh else unit
     if not measure:
         stat = outcome.statistic
         return f"{'|' + stat + '|' if outcome.two_sided else stat} ≥ {format_number(critical, 3)}"
@@ -232,6 +242,8 @@ def permutation_cluster_table(inputs: ContrastInputs, stat: np.ndarray, threshol
     from runner.inference import clusters as cluster_tools
 
     data = inputs.data
+    if data.surface is not None:
+        return _mesh_cluster_table(data.space, stat, thresholded, outcome, method)
     if method in outcome.clusters:
         table = outcome.clusters[method].copy()
         if len(table):
@@ -251,6 +263,36 @@ def permutation_cluster_table(inputs: ContrastInputs, stat: np.ndarray, threshol
     corrected = data.unmask(outcome.corrected_p[method], fill=1.0)
     ijk = table[["i", "j", "k"]].to_numpy(dtype=int)
     table["p_fwe"] = corrected[ijk[:, 0], ijk[:, 1], ijk[:, 2]]
+    return table
+
+
+def _mesh_cluster_table(space: Any, stat: np.ndarray, thresholded: np.ndarray, outcome: Any,
+                        method: str) -> pd.DataFrame:
+    """The mesh cluster-table schema: the engine's clusters (size as area), or the surviving vertices' clusters."""
+    from runner.inference import clusters as cluster_tools
+
+    if method in outcome.clusters:
+        engine = outcome.clusters[method]
+        element = engine["peak_i"].to_numpy(dtype=np.int64)
+        xyz = space.coordinates(element)
+        index = space.index_values(element)
+        return pd.DataFrame({"cluster_id": engine["cluster_id"].astype(str), "sign": engine["sign"],
+                             "x": xyz[:, 0], "y": xyz[:, 1], "z": xyz[:, 2], "peak_stat": engine["peak_stat"],
+                             "size_vertices": engine["size_vertices"].astype("Int64") if len(engine)
+                             else pd.Series(dtype="Int64"),
+                             "area_mm2": engine["size_voxels"].astype(float), "hemi": index["hemi"],
+                             "vertex": index["vertex"], "mass": engine["mass"], "p_fwe": engine["p_fwe"]})
+    nonzero = np.abs(thresholded[thresholded != 0])
+    if nonzero.size == 0:
+        return cluster_tools.cluster_table_in_space(space, np.zeros_like(stat), 1.0).iloc[0:0]
+    level = float(nonzero.min()) * (1 - 1e-9)
+    table = cluster_tools.cluster_table_in_space(space, thresholded, level, 0,
+                                                 two_sided=bool(np.any(thresholded < 0)))
+    # the p of each reported peak, found by its hemisphere and vertex (peaks are elements of the space)
+    index = space.index_values(np.arange(space.n_elements))
+    lookup = {(str(h), int(v)): element for element, (h, v) in enumerate(zip(index["hemi"], index["vertex"]))}
+    peaks = [lookup[(str(h), int(v))] for h, v in zip(table["hemi"], table["vertex"])]
+    table["p_fwe"] = outcome.corrected_p[method][np.asarray(peaks, dtype=np.int64)]
     return table
 
 

@@ -28,7 +28,7 @@ from runner.inference.permutation.scores import (
     scores_to_statistics,
     shuffled_basis,
 )
-from runner.inference.permutation.spatial import CLUSTER_METHODS, cluster_maxima
+from runner.inference.permutation.spatial import CLUSTER_METHODS, cluster_maxima, on_mesh
 from runner.inference.permutation.variance_groups import VOXEL_CHUNK as KERNEL_VOXEL_CHUNK
 from runner.inference.permutation.variance_groups import VarianceGroupKernel, shuffled_statistics
 from runner.inference.permutation.variance_groups import chunk_null_maxima as kernel_null_maxima
@@ -142,7 +142,8 @@ def _spatial_unit(work: BlockWork, first: int, last: int) -> dict[str, np.ndarra
         out["clustersize"], out["clustermass"] = cluster_maxima(stat_maps, work.threshold, work.graph,
                                                                 work.two_sided)
     if "tfce" in work.methods:
-        out["tfce"] = tfce_maxima(stat_maps, work.graph, work.tfce_E, work.tfce_H, work.tfce_dh, work.two_sided)
+        out["tfce"] = tfce_maxima(stat_maps, work.graph, work.tfce_E, work.tfce_H, work.tfce_dh, work.two_sided,
+                                  area_weighted=on_mesh(work.graph))
     return out
 
 

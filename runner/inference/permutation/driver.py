@@ -59,6 +59,7 @@ from runner.inference.permutation_sets import (
     make_permutation_set,
 )
 from runner.inference.tfce import EXACT, check_tfce_step, voxel_graph
+from runner.space.mesh import MeshSpace
 
 
 def _validate(
@@ -90,8 +91,9 @@ def _validate(
         if mask is None:
             spatial = ", ".join(m for m in methods if m in SPATIAL_METHODS)
             raise RunnerError(f"permutation methods {spatial} need the 3D mask")
-        if int(np.count_nonzero(mask)) != data.shape[1]:
-            raise RunnerError(f"the mask has {int(np.count_nonzero(mask))} voxels but the data have {data.shape[1]}")
+        n_mask = mask.n_elements if isinstance(mask, MeshSpace) else int(np.count_nonzero(mask))
+        if n_mask != data.shape[1]:
+            raise RunnerError(f"the mask has {n_mask} elements but the data have {data.shape[1]}")
     return methods
 
 
@@ -114,8 +116,9 @@ def permutation_inference(
         Design matrix.
     contrast : ndarray, shape (q, p) or (p,)
         t contrast when q == 1, F contrast otherwise.
-    mask : ndarray of bool, shape (X, Y, Z), or None
-        Needed for cluster and TFCE methods; voxel order is ``np.flatnonzero(mask)``.
+    mask : ndarray of bool, shape (X, Y, Z), a MeshSpace, or None
+        Needed for cluster and TFCE methods; voxel order is ``np.flatnonzero(mask)``. On a MeshSpace, clusters
+        follow the triangles' edges, cluster size is their area (mm2) and TFCE is area-weighted.
     methods : sequence of {"maxt", "clustersize", "clustermass", "tfce"}
     options : PermutationOptions
     executor : Executor, optional
@@ -175,13 +178,15 @@ def permutation_inference(
         )
 
     spatial = [m for m in methods if m in SPATIAL_METHODS]
-    graph = voxel_graph(mask, options.connectivity) if spatial else None
+    # a mesh is its own graph (edges of its triangles; TFCE and cluster size weighted by vertex area)
+    graph = (mask if isinstance(mask, MeshSpace) else voxel_graph(mask, options.connectivity)) if spatial else None
+    neighbourhood = "mesh edges" if isinstance(mask, MeshSpace) else f"connectivity {options.connectivity}"
     threshold = None
     if any(m in CLUSTER_METHODS for m in methods):
         threshold = cluster_forming_threshold(options.cluster_forming_p, model, two_sided)
         messages.append(
             f"cluster-forming threshold {model.stat_type} > {threshold:.4g} (p < {options.cluster_forming_p}"
-            f"{', two-sided' if two_sided else ''}), connectivity {options.connectivity}"
+            f"{', two-sided' if two_sided else ''}), {neighbourhood}"
         )
 
     # observed statistics, chunk by chunk over voxels; two-sided t tests compare |t|
@@ -262,7 +267,7 @@ def permutation_inference(
     if "tfce" in methods:
         step = ("max/100 per map and tail" if options.tfce_dh is None
                 else "exact integral" if options.tfce_dh == EXACT else f"dh = {options.tfce_dh}")
-        messages.append(f"TFCE E = {options.tfce_E}, H = {options.tfce_H}, {step}, connectivity {options.connectivity}")
+        messages.append(f"TFCE E = {options.tfce_E}, H = {options.tfce_H}, {step}, {neighbourhood}")
 
     corrected = {m: corrected[m] for m in methods}
     return PermutationResult(

@@ -45,11 +45,20 @@ def label_clusters(
     labels, n = label_components(active, graph, tail)
     members = labels >= 0
     label_of_member = labels[members]
-    sizes = np.bincount(label_of_member, minlength=n).astype(np.float64)
+    if on_mesh(graph):  # cluster size on a mesh is its area, mm2 (PALM's surface cluster extent)
+        area = np.broadcast_to(np.asarray(graph.element_measure, dtype=np.float64), labels.shape)[members]
+        sizes = np.bincount(label_of_member, weights=area, minlength=n)
+    else:
+        sizes = np.bincount(label_of_member, minlength=n).astype(np.float64)
     masses = np.bincount(label_of_member, weights=magnitude[members] - threshold, minlength=n)
     owner = np.empty(n, dtype=np.int64)
     owner[label_of_member] = np.nonzero(members)[0]
     return labels, n, owner, sizes, masses
+
+
+def on_mesh(graph: object) -> bool:
+    """True for a mesh (TFCE area-weighted, cluster size in mm2); False for a voxel graph or grid."""
+    return getattr(graph, "kind", None) == "mesh"
 
 
 def cluster_maxima(
@@ -73,7 +82,11 @@ def cluster_table(
     order_by: np.ndarray,
     graph: VoxelGraph,
 ) -> pd.DataFrame:
-    """One row per observed cluster, largest ``order_by`` first, with its peak voxel (i, j, k)."""
+    """One row per observed cluster, largest ``order_by`` first, with its peak voxel (i, j, k).
+
+    On a mesh, ``size_voxels`` is the cluster's area (mm2) and the peak columns hold its element index
+    (``peak_i``; ``peak_j`` and ``peak_k`` are 0): the method layer turns both into the mesh table schema.
+    """
     columns = ["cluster_id", "sign", "size_voxels", "mass", "p_fwe", "peak_stat", "peak_i", "peak_j", "peak_k"]
     if sizes.size == 0:
         return pd.DataFrame({name: pd.Series(dtype=float) for name in columns})
@@ -82,12 +95,15 @@ def cluster_table(
     _, first = np.unique(labels[by_height], return_index=True)
     peaks = by_height[first]  # peak voxel of clusters 0..n-1
     rank = np.argsort(-order_by, kind="stable")
-    coordinates = graph.coordinates[peaks[rank]]
-    return pd.DataFrame(
+    if on_mesh(graph):
+        coordinates = np.c_[peaks[rank], np.zeros((rank.size, 2), dtype=np.int64)]
+    else:
+        coordinates = graph.coordinates[peaks[rank]]
+    table = pd.DataFrame(
         {
             "cluster_id": np.arange(1, rank.size + 1),
             "sign": np.sign(stat[peaks[rank]]).astype(int),
-            "size_voxels": sizes[rank].astype(int),
+            "size_voxels": sizes[rank] if on_mesh(graph) else sizes[rank].astype(int),
             "mass": masses[rank],
             "p_fwe": p_values[rank],
             "peak_stat": stat[peaks[rank]],
@@ -96,6 +112,9 @@ def cluster_table(
             "peak_k": coordinates[:, 2],
         }
     )
+    if on_mesh(graph):
+        table["size_vertices"] = np.bincount(labels[labels >= 0], minlength=sizes.size)[rank]
+    return table
 
 
 def observed_tfce(
@@ -103,7 +122,7 @@ def observed_tfce(
     two_sided: bool,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """TFCE of the observed map, its null (observed maximum first, then ``null_tail``) and voxel-wise FWE p."""
-    enhanced = tfce(stat, graph, E, H, dh, two_sided)
+    enhanced = tfce(stat, graph, E, H, dh, two_sided, area_weighted=on_mesh(graph))
     null = np.concatenate([[np.max(np.abs(enhanced))], null_tail])
     return enhanced, null, fwe_p_values(np.abs(enhanced), null)
 
