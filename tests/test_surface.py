@@ -437,7 +437,7 @@ def test_user_meshes_as_surf_gii(surface_study, fsaverage5, tmp_path):
     for stat in ("t", "z", "p"):
         np.testing.assert_array_equal(our_map(user_run, stat), our_map(run_dir, stat))
     manifest = json.loads((user_run / "manifest.json").read_text())
-    assert {"mesh_left", "mesh_right"} <= {f["role"] for f in manifest["input_files"]}
+    assert {"mesh_left", "mesh_right"} <= set(manifest["input_files"])
     with pytest.raises(RunnerError, match="data.mesh_left and data.mesh_right go together"):
         run_analysis(tmp_path / "bad", [f"data.table={folder / 'table.tsv'}", f"data.mesh_left={paths['left']}",
                                         "report=false"])
