@@ -63,6 +63,34 @@ class ContrastConfig:
 
 
 @dataclass
+class ExecutorConfig:
+    """Where the voxel loop and the permutations run: local threads, or Dask workers (issue 13).
+
+    ``engine: dask`` connects to ``address`` when it is set, else starts a cluster for the run: ``cluster: local``
+    (a ``LocalCluster`` on this machine) or ``slurm`` / ``pbs`` (dask-jobqueue, one job per ``n_workers``).
+    """
+
+    engine: str = field(default="local", metadata=check(one_of("local", "dask")))
+    address: Optional[str] = None  # scheduler of a running Dask cluster, e.g. tcp://10.0.0.5:8786
+    cluster: str = field(default="local", metadata=check(one_of("local", "slurm", "pbs")))
+    n_workers: Optional[int] = field(default=None, metadata=check(positive))  # null: the run's n_jobs
+    threads_per_worker: int = field(default=1, metadata=check(positive))
+    processes: bool = True  # local cluster: worker processes (false: threads of this process)
+    memory_limit: str = "auto"  # per worker, e.g. "4GB"; "auto": the machine's memory shared by the workers
+    retries: int = field(default=3, metadata=check(non_negative))  # resubmissions of a task that raised
+    connect_timeout: float = field(default=20.0, metadata=check(positive))  # seconds to reach the scheduler
+    dashboard_address: str = ":0"  # local cluster: where the dashboard listens (":0": any free port)
+    # batch clusters (dask-jobqueue): one job per worker
+    queue: Optional[str] = None  # SLURM partition / PBS queue
+    account: Optional[str] = None
+    walltime: str = "01:00:00"
+    cores: int = field(default=1, metadata=check(positive))  # per job
+    memory: str = "4GB"  # per job
+    job_extra: list[str] = field(default_factory=list)  # extra #SBATCH / #PBS directives, e.g. ["--qos=long"]
+    local_directory: Optional[str] = None  # workers' scratch (node-local disk)
+
+
+@dataclass
 class RunSettings:
     """Everything a run needs, typed and validated."""
 
@@ -82,6 +110,7 @@ class RunSettings:
     cache: bool = True
     cache_dir: Optional[str] = None
     cache_max_gb: float = 5.0  # size cap of the data cache (least recently used entries are evicted)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
 
 
 TOP_LEVEL_KEYS = {f.name for f in dataclasses.fields(RunSettings)} | {"experiment", "hydra"}
@@ -101,14 +130,17 @@ def build_settings(config: Any) -> RunSettings:
     design = convert(DesignConfig, config.get("design") or {}, "design")
     contrasts = _contrasts(config.get("contrasts"))
     correction = _corrections(config.get("correction"))
-    top = {k: v for k, v in config.items() if k not in ("data", "design", "contrasts", "correction")}
-    settings = RunSettings(data=data, design=design, contrasts=contrasts, correction=correction,
+    executor = convert(ExecutorConfig, config.get("executor") or {}, "executor")
+    top = {k: v for k, v in config.items() if k not in ("data", "design", "contrasts", "correction", "executor")}
+    settings = RunSettings(data=data, design=design, contrasts=contrasts, correction=correction, executor=executor,
                            **{k: _coerce(f"{k}", v, _field_types(RunSettings)[k]) for k, v in top.items()})
     if settings.n_jobs < 1:
         raise RunnerError(f"n_jobs must be >= 1, got {settings.n_jobs}")
     if settings.memory_budget_gb is not None:
         positive("memory_budget_gb", settings.memory_budget_gb)
     positive("cache_max_gb", settings.cache_max_gb)
+    if executor.engine != "dask" and executor.address:
+        raise RunnerError(f"executor.address={executor.address} is a Dask scheduler: add executor=dask")
     sources = [k for k in ("demo", "table", "glob") if getattr(data, k)]
     if data.image_4d is None and not sources:
         raise RunnerError("no input data: set data.table, data.glob, data.image_4d or data.demo")

@@ -32,11 +32,12 @@ def register_schemas() -> None:
     """
     from hydra.core.config_store import ConfigStore
 
-    from runner.config import DataConfig, DesignConfig, correction_schemas
+    from runner.config import DataConfig, DesignConfig, ExecutorConfig, correction_schemas
 
     store = ConfigStore.instance()
     store.store(group="schema", name="data", node=DataConfig)
     store.store(group="schema", name="design", node=DesignConfig)
+    store.store(group="schema", name="executor", node=ExecutorConfig)
     with_yaml = yaml_options("correction")
     for method, schema in correction_schemas().items():
         store.store(group="schema/correction", name=method, node={method: schema})

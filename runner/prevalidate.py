@@ -11,11 +11,12 @@ import re
 from pathlib import Path
 from typing import Any
 
-from runner.config import DataConfig, DesignConfig, RunSettings, build_settings, correction_schemas
+from runner.config import (DataConfig, DesignConfig, ExecutorConfig, RunSettings, build_settings,
+                           correction_schemas)
 from runner.errors import RunnerError, closest
 
-GROUP_SCHEMAS: dict[str, Any] = {"data": DataConfig, "design": DesignConfig}
-GROUPS = ("data", "design", "correction", "experiment", "hydra")
+GROUP_SCHEMAS: dict[str, Any] = {"data": DataConfig, "design": DesignConfig, "executor": ExecutorConfig}
+GROUPS = ("data", "design", "correction", "executor", "experiment", "hydra")
 _FIELDS = lambda cls: [f for f in cls.__dataclass_fields__]  # noqa: E731
 
 

@@ -129,7 +129,8 @@ def run_permutation(inputs: ContrastInputs, params_by_method: dict[str, Any]) ->
     for number, (options, names) in enumerate(all_passes):
         log.info("contrast %s: permutation inference (%s), %d permutations requested", contrast.name,
                  ", ".join(names), options.n_permutations)
-        outcome = permutation_inference(data.Y, X, contrast.matrix, data.mask, names, options)
+        outcome = permutation_inference(data.Y, X, contrast.matrix, data.mask, names, options,
+                                        executor=inputs.executor)
         for message in outcome.messages:
             log.info("contrast %s: %s", contrast.name, message)
         if outcome.n_permutations_done < FEW_PERMUTATIONS and not outcome.exhaustive:
