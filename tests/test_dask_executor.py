@@ -186,3 +186,36 @@ def test_batch_cluster_examples_write_the_job_script_the_config_asks_for(name, e
         cluster.close()
     for line in expected:
         assert line in script, script
+
+
+@pytest.mark.slow  # a real run interrupted mid-permutation: about 25 s on 2 shared cores
+def test_sigterm_mid_permutation_on_dask_leaves_an_interrupted_manifest_and_no_worker(tmp_path):
+    import os
+    import signal
+    import subprocess
+
+    import psutil
+    from conftest import REPO
+
+    run_dir = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "runner", "+experiment=one_sample_permutation", "executor=dask",
+         "executor.n_workers=2", "correction.maxt.n_permutations=300000", "report=false", "cache=false",
+         f"hydra.run.dir={run_dir}"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    log = run_dir / ".runner-staging" / "run.log"
+    deadline = time.monotonic() + 120
+    while not (log.is_file() and "permutations requested" in log.read_text()):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.1)
+    time.sleep(1.0)
+    workers = psutil.Process(process.pid).children(recursive=True)
+    assert workers  # the local cluster's processes
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)  # about 4 s: tasks cancelled, client and cluster closed
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert "error: interrupted by SIGTERM" in stderr
+    assert json.loads((run_dir / "manifest.json").read_text())["status"] == "interrupted"
+    gone, alive = psutil.wait_procs(workers, timeout=10)
+    assert not alive  # the cluster started for the run was closed with it

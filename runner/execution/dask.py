@@ -202,7 +202,7 @@ def start_cluster(config: Any, n_workers: int) -> Any:
         return distributed.LocalCluster(n_workers=n_workers, threads_per_worker=config.threads_per_worker,
                                         processes=config.processes, memory_limit=config.memory_limit,
                                         dashboard_address=config.dashboard_address,
-                                        local_directory=config.local_directory)
+                                        local_directory=config.local_directory, silence_logs=logging.ERROR)
     cluster = batch_cluster(config)
     cluster.scale(n_workers)
     return cluster
