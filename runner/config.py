@@ -79,7 +79,8 @@ class ExecutorConfig:
     memory_limit: str = "auto"  # per worker, e.g. "4GB"; "auto": the machine's memory shared by the workers
     retries: int = field(default=3, metadata=check(non_negative))  # resubmissions of a task that raised
     connect_timeout: float = field(default=20.0, metadata=check(positive))  # seconds to reach the scheduler
-    dashboard_address: str = ":0"  # local cluster: where the dashboard listens (":0": any free port)
+    dashboard_address: str = ":0"  # where the dashboard listens (":0": any free port)
+    share_files: bool = True  # memory-mapped data travel to workers as a file name (workers see the same files)
     # batch clusters (dask-jobqueue): one job per worker
     queue: Optional[str] = None  # SLURM partition / PBS queue
     account: Optional[str] = None

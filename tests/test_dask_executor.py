@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 import sys
 import time
 
@@ -20,7 +21,7 @@ from runner.app import config_hash  # noqa: E402
 from runner.config import ExecutorConfig, build_settings  # noqa: E402
 from runner.errors import RunnerError  # noqa: E402
 from runner.execution import Executor, LocalExecutor, Task  # noqa: E402
-from runner.execution.dask import DaskExecutor, batch_cluster, import_distributed  # noqa: E402
+from runner.execution.dask import DaskExecutor, FileBacked, batch_cluster, import_distributed  # noqa: E402
 from runner.inference.permutation import PermutationOptions, permutation_inference  # noqa: E402
 from runner.model import fit_contrasts  # noqa: E402
 from runner.contrasts import Contrast  # noqa: E402
@@ -97,6 +98,27 @@ def test_fit_and_permutations_on_dask_are_identical_to_local_threads(cluster):
         for field in ("effect", "variance", "stat", "p", "z"):
             assert np.array_equal(getattr(local[name], field), getattr(remote[name], field)), (name, field)
     _assert_same(_permutations(Y, X, mask, LocalExecutor(1)), _permutations(Y, X, mask, DaskExecutor(cluster)))
+
+
+def test_memory_mapped_data_travel_by_file_name_and_give_the_same_results(cluster, tmp_path):
+    Y, X, mask = _study(5)
+    stored = np.lib.format.open_memmap(tmp_path / "Y.npy", mode="w+", dtype=np.float32, shape=Y.shape)
+    stored[:] = Y
+    stored.flush()
+    mapped = np.load(tmp_path / "Y.npy", mmap_mode="r")
+    wrapped = FileBacked.wrap(mapped)
+    assert len(pickle.dumps(wrapped)) < 1000 < mapped.nbytes  # the file's name, not the maps
+    rebuilt = pickle.loads(pickle.dumps(wrapped)).value
+    assert isinstance(rebuilt, np.memmap) and np.array_equal(rebuilt, mapped)
+    contrasts = [Contrast("effect", np.array([[0.0, 1.0]]), "t")]
+    local = fit_contrasts(mapped, X, contrasts, executor=LocalExecutor(1))["effect"]
+    remote = fit_contrasts(mapped, X, contrasts, executor=DaskExecutor(cluster))["effect"]
+    assert np.array_equal(local.stat, remote.stat) and np.array_equal(local.effect, remote.effect)
+    options = PermutationOptions(n_permutations=300, seed=2)
+    reference, other = (permutation_inference(mapped, X, np.array([[0.0, 1.0]]), None, ("maxt",), options,
+                                              executor=executor) for executor in (LocalExecutor(1), DaskExecutor(cluster)))
+    assert np.array_equal(reference.corrected_p["maxt"], other.corrected_p["maxt"])
+    assert np.array_equal(reference.null_max["maxt"], other.null_max["maxt"])
 
 
 def test_a_worker_killed_mid_permutation_does_not_change_the_result(cluster, tmp_path):

@@ -15,10 +15,16 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
+import io
 import logging
+import mmap
+import pickle
 import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
+
+import numpy as np
 
 from runner.errors import RunnerError
 from runner.execution.base import Progress, Task
@@ -55,11 +61,15 @@ class DaskExecutor:
         BLAS threads while a task runs (1, as :class:`runner.execution.LocalExecutor`, for identical results).
     lookahead : int, optional
         Tasks submitted and not yet consumed at most (default 2 x n_workers), which bounds the results held.
+    share_files : bool
+        Share memory-mapped arrays by file name rather than by content (see :meth:`share`).
     """
 
     def __init__(self, client: Any, n_workers: int | None = None, retries: int = 3,
-                 blas_threads: int | None = DEFAULT_BLAS_THREADS, lookahead: int | None = None) -> None:
+                 blas_threads: int | None = DEFAULT_BLAS_THREADS, lookahead: int | None = None,
+                 share_files: bool = True) -> None:
         self.client = client
+        self.share_files = share_files
         if n_workers is None:
             n_workers = sum(client.nthreads().values())
         self._n_workers = max(1, int(n_workers))
@@ -72,7 +82,14 @@ class DaskExecutor:
         return self._n_workers
 
     def share(self, value: Any) -> Any:
-        """Scatter ``value`` to every worker once; tasks given the returned future receive the value itself."""
+        """Scatter ``value`` to every worker once; tasks given the returned future receive the value itself.
+
+        Memory-mapped arrays in ``value`` (the loader's on-disk store for large studies) travel as their file's
+        name when ``share_files``: each worker maps the file and reads only the voxel chunks its tasks touch, so no
+        process holds all the maps (the workers must see the same file system, as local and most HPC ones do).
+        """
+        if self.share_files and _holds_memmap(value):
+            value = FileBacked.wrap(value)
         # in a one-element list, so that a list or dict is scattered whole rather than item by item
         (future,) = self.client.scatter([value], broadcast=True, hash=False)
         return future
@@ -134,9 +151,69 @@ def pinned_blas(threads: int | None) -> Iterator[None]:
 
 
 def run_task(function: Any, blas_threads: int | None, *arguments: Any) -> Any:
-    """One task on a worker: ``function(*arguments)`` with BLAS pinned (Dask has resolved shared futures)."""
+    """One task on a worker: ``function(*arguments)`` with BLAS pinned (Dask has resolved shared futures; values
+    shared by file are opened here, once per worker)."""
+    arguments = tuple(a.value if isinstance(a, FileBacked) else a for a in arguments)
     with pinned_blas(blas_threads):
         return function(*arguments)
+
+
+# -- memory-mapped arrays shared by file name ---------------------------------------------------------------------
+def _mappable(value: Any) -> bool:
+    """A whole memory-mapped file (not a view of one), which can be mapped again from its name."""
+    return (isinstance(value, np.memmap) and isinstance(value.base, mmap.mmap) and bool(value.filename)
+            and (value.flags.c_contiguous or value.flags.f_contiguous))
+
+
+def _holds_memmap(value: Any) -> bool:
+    """``value`` is, or directly holds (a field of a dataclass, an item of a tuple, list or dict), a mappable array."""
+    if _mappable(value):
+        return True
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return any(_mappable(getattr(value, f.name)) for f in dataclasses.fields(value))
+    if isinstance(value, (tuple, list)):
+        return any(_mappable(item) for item in value)
+    if isinstance(value, dict):
+        return any(_mappable(item) for item in value.values())
+    return False
+
+
+def _open_memmap(filename: str, dtype: str, shape: tuple[int, ...], offset: int, order: str) -> np.ndarray:
+    return np.memmap(filename, dtype=np.dtype(dtype), mode="r", shape=shape, offset=offset, order=order)
+
+
+class _ByFileName(pickle.Pickler):
+    """Pickles memory-mapped arrays as a call that maps their file again (read-only), everything else as usual."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if _mappable(obj):
+            order = "C" if obj.flags.c_contiguous else "F"
+            return _open_memmap, (str(obj.filename), obj.dtype.str, obj.shape, int(obj.offset), order)
+        return NotImplemented
+
+
+class FileBacked:
+    """A shared value whose memory-mapped arrays travel as file names; ``value`` rebuilds it (once per process)."""
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+        self._value: Any = None
+        self._ready = False
+
+    @classmethod
+    def wrap(cls, value: Any) -> FileBacked:
+        buffer = io.BytesIO()
+        _ByFileName(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(value)
+        return cls(buffer.getvalue())
+
+    @property
+    def value(self) -> Any:
+        if not self._ready:  # two threads may both build it: the same read-only value, harmless
+            self._value, self._ready = pickle.loads(self.payload), True
+        return self._value
+
+    def __reduce__(self) -> tuple[Any, tuple[bytes]]:  # the payload travels, never the opened value
+        return FileBacked, (self.payload,)
 
 
 # -- one run's executor ------------------------------------------------------------------------------------------
@@ -165,7 +242,7 @@ def open_executor(config: Any, n_jobs: int = 1) -> Iterator[DaskExecutor]:
             stack.callback(client.close)
             n_workers *= int(config.threads_per_worker if config.cluster == "local" else config.cores)
             where = f"a {config.cluster} cluster of {config.n_workers or max(1, n_jobs)} worker(s) started for the run"
-        executor = DaskExecutor(client, n_workers=n_workers, retries=config.retries)
+        executor = DaskExecutor(client, n_workers=n_workers, retries=config.retries, share_files=config.share_files)
         log.info("executor: Dask, %s, %d task(s) at once; dashboard %s", where, executor.n_workers,
                  _dashboard(client))
         yield executor
