@@ -116,7 +116,8 @@ def test_memory_mapped_data_travel_by_file_name_and_give_the_same_results(cluste
     assert np.array_equal(local.stat, remote.stat) and np.array_equal(local.effect, remote.effect)
     options = PermutationOptions(n_permutations=300, seed=2)
     reference, other = (permutation_inference(mapped, X, np.array([[0.0, 1.0]]), None, ("maxt",), options,
-                                              executor=executor) for executor in (LocalExecutor(1), DaskExecutor(cluster)))
+                                              executor=executor)
+                        for executor in (LocalExecutor(1), DaskExecutor(cluster)))
     assert np.array_equal(reference.corrected_p["maxt"], other.corrected_p["maxt"])
     assert np.array_equal(reference.null_max["maxt"], other.null_max["maxt"])
 
@@ -241,3 +242,24 @@ def test_sigterm_mid_permutation_on_dask_leaves_an_interrupted_manifest_and_no_w
     assert json.loads((run_dir / "manifest.json").read_text())["status"] == "interrupted"
     gone, alive = psutil.wait_procs(workers, timeout=10)
     assert not alive  # the cluster started for the run was closed with it
+
+
+def test_blas_stays_pinned_until_the_last_task_of_a_worker_ends():
+    """Two tasks overlap on a worker's threads: the first to end must not give BLAS its threads back."""
+    from threadpoolctl import threadpool_info
+
+    from runner.execution.dask import pinned_blas
+
+    def blas_threads() -> list[int]:
+        return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+
+    before = blas_threads()
+    if not before or max(before) == 1:
+        pytest.skip("BLAS runs one thread here already")
+    first, second = pinned_blas(1), pinned_blas(1)
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert set(blas_threads()) == {1}
+    second.__exit__(None, None, None)
+    assert blas_threads() == before
