@@ -19,6 +19,7 @@ import dataclasses
 import io
 import logging
 import mmap
+import os
 import pickle
 import threading
 from collections.abc import Iterable, Iterator
@@ -160,9 +161,15 @@ def run_task(function: Any, blas_threads: int | None, *arguments: Any) -> Any:
 
 # -- memory-mapped arrays shared by file name ---------------------------------------------------------------------
 def _mappable(value: Any) -> bool:
-    """A whole memory-mapped file (not a view of one), which can be mapped again from its name."""
-    return (isinstance(value, np.memmap) and isinstance(value.base, mmap.mmap) and bool(value.filename)
-            and (value.flags.c_contiguous or value.flags.f_contiguous))
+    """A whole memory-mapped file (not a view of one) that can be mapped again from its name: the data cache's
+    entries can; the loader's scratch file, unlinked once mapped, cannot (its contents are sent instead)."""
+    if not (isinstance(value, np.memmap) and isinstance(value.base, mmap.mmap) and value.filename
+            and (value.flags.c_contiguous or value.flags.f_contiguous)):
+        return False
+    try:
+        return os.stat(value.filename).st_size >= int(value.offset) + value.nbytes
+    except OSError:
+        return False
 
 
 def _holds_memmap(value: Any) -> bool:
