@@ -14,6 +14,7 @@ cluster it started when the run ends, normally or not. Dask is an optional depen
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import contextlib
 import dataclasses
 import io
@@ -22,6 +23,7 @@ import mmap
 import os
 import pickle
 import threading
+import weakref
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -74,6 +76,7 @@ class DaskExecutor:
         if n_workers is None:
             n_workers = sum(client.nthreads().values())
         self._n_workers = max(1, int(n_workers))
+        self._shared: dict[str, list[Any]] = {}
         self.retries = int(retries)
         self.blas_threads = blas_threads
         self.lookahead = max(1, int(lookahead)) if lookahead else 2 * self._n_workers
@@ -91,33 +94,71 @@ class DaskExecutor:
         """
         if self.share_files and _holds_memmap(value):
             value = FileBacked.wrap(value)
+        future = self._scatter(value)
+        # the value is kept, while the caller holds the handle, to scatter it again if every copy is lost
+        self._shared[future.key] = [value, None]
+        weakref.finalize(future, self._shared.pop, future.key, None)
+        return future
+
+    def _scatter(self, value: Any) -> Any:
         # in a one-element list, so that a list or dict is scattered whole rather than item by item
         (future,) = self.client.scatter([value], broadcast=True, hash=False)
         return future
+
+    def _submit(self, task: Task) -> Any:
+        arguments = tuple(self._shared[a.key][1] or a if _is_future(a) and a.key in self._shared else a
+                          for a in task.arguments)
+        return self.client.submit(run_task, task.function, self.blas_threads, *arguments, pure=False,
+                                  retries=self.retries)
+
+    def _renew_lost(self, task: Task) -> bool:
+        """Scatter again the shared values of ``task`` whose every copy was lost with their workers (Dask's
+        memory manager keeps one replica of data no task is reading; scattered data cannot be recomputed).
+        True when the task reads shared values (it may have been cancelled for losing one, renewed now or by an
+        earlier task), so that resubmitting it can help."""
+        shared = False
+        for argument in task.arguments:
+            if _is_future(argument) and argument.key in self._shared:
+                shared = True
+                entry = self._shared[argument.key]
+                if (entry[1] or argument).status != "finished":
+                    entry[1] = self._scatter(entry[0])
+        return shared
 
     def map(self, tasks: Iterable[Task], progress: Progress | None = None) -> Iterator[Any]:
         """Run ``tasks`` on the workers, yielding results in task order (see :class:`runner.execution.Executor`)."""
         pending: collections.deque = collections.deque()
         try:
             for task in tasks:
-                future = self.client.submit(run_task, task.function, self.blas_threads, *task.arguments,
-                                            pure=False, retries=self.retries)
-                pending.append((task.weight, future))
+                pending.append([task, self._submit(task)])
                 if len(pending) >= self.lookahead:
-                    yield _collect(pending.popleft(), progress)
+                    yield self._collect(pending.popleft(), progress)
             while pending:
-                yield _collect(pending.popleft(), progress)
+                yield self._collect(pending.popleft(), progress)
         finally:
             for _, future in pending:
                 future.cancel()
 
+    def _collect(self, entry: list[Any], progress: Progress | None) -> Any:
+        """The result of one submitted task; resubmitted (up to ``retries`` times) when its shared data were lost."""
+        task = entry[0]
+        for attempt in range(self.retries + 1):
+            try:
+                result = entry[1].result()
+                break
+            except concurrent.futures.CancelledError:
+                if attempt == self.retries or not self._renew_lost(task):
+                    raise
+                entry[1] = self._submit(task)
+        if progress is not None:
+            progress(task.weight)
+        return result
 
-def _collect(entry: tuple[int, Any], progress: Progress | None) -> Any:
-    weight, future = entry
-    result = future.result()
-    if progress is not None:
-        progress(weight)
-    return result
+
+def _is_future(value: Any) -> bool:
+    from distributed import Future
+
+    return isinstance(value, Future)
 
 
 # -- on the worker -----------------------------------------------------------------------------------------------
