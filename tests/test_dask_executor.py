@@ -167,6 +167,32 @@ def test_a_run_on_a_dask_cluster_writes_the_same_files_as_local_threads(tmp_path
     assert "[distributed.nanny][INFO]" not in log  # Dask's own chatter stays out of the record
 
 
+@pytest.mark.slow  # a run and its re-run: about 15 s
+def test_a_run_recorded_on_an_unreachable_scheduler_verifies_on_local_threads(tmp_path, monkeypatch):
+    """verify re-runs on local threads: the recorded scheduler is gone, and the executor does not change results."""
+    from runner import verify
+    from runner.execution import dask as dask_execution
+
+    calls = []
+    real = dask_execution.open_executor
+    monkeypatch.setattr(dask_execution, "open_executor", lambda *a, **k: calls.append(a) or real(*a, **k))
+    run_dir = tmp_path / "run"
+    run_analysis(run_dir, ["+experiment=one_sample_permutation", "correction.maxt.n_permutations=50", "report=false",
+                           "executor=dask", "executor.n_workers=1"])
+    assert len(calls) == 1
+    config = (run_dir / "config.yaml").read_text()
+    assert "address: null" in config
+    (run_dir / "config.yaml").write_text(config.replace("address: null", "address: tcp://127.0.0.1:1"))
+    manifest = json.loads((run_dir / "manifest.json").read_text())  # keep the record consistent with the edit
+    for entry in manifest["outputs"]:
+        if entry["path"] == "config.yaml":
+            entry["sha256"] = hashlib.sha256((run_dir / "config.yaml").read_bytes()).hexdigest()
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+    verdict = verify.verify(run_dir)
+    assert len(calls) == 1  # the re-run opened no Dask executor
+    assert not verdict.differences, verdict.differences
+
+
 def test_an_unreachable_scheduler_is_one_line_and_exit_2_before_any_map_is_read(tmp_path):
     run_dir = tmp_path / "run"
     result = run_cli(["executor=dask", "executor.address=tcp://127.0.0.1:1", "executor.connect_timeout=1",
