@@ -28,8 +28,8 @@ from runner.stages.pipeline import run_stages
 
 log = logging.getLogger("runner")
 
-PACKAGES = ("second-level-runner", "numpy", "scipy", "nibabel", "pandas", "patsy", "statsmodels", "hydra-core",
-            "omegaconf", "matplotlib")
+PACKAGES = ("second-level-runner", "numpy", "scipy", "nibabel", "pandas", "patsy", "numba", "llvmlite", "threadpoolctl",
+            "hydra-core", "omegaconf", "PyYAML", "matplotlib", "jinja2", "markupsafe")
 
 
 class Timings(dict):
@@ -138,7 +138,10 @@ def _transaction(folder: rundir.RunFolder, settings: RunSettings, resolved_confi
             except BaseException as error:
                 line = str(error).splitlines()[0] if str(error) else type(error).__name__
                 fields.update(error=line, timings=dict(timings), elapsed_seconds=round(time.time() - started, 3))
-                log.error("error: %s", line)
+                if isinstance(error, Exception) and not isinstance(error, RunnerError):
+                    log.exception("internal error (a bug): %s: %s", type(error).__name__, line)  # keep the traceback
+                else:
+                    log.error("error: %s", line)
                 try:
                     writer.finalize("failed" if isinstance(error, Exception) else "interrupted", **fields)
                 except Exception:  # never hide the original error behind a manifest problem
@@ -180,5 +183,5 @@ def record_failure(run_dir: Path, error: str, overrides: list[str] | None = None
             OutputWriter(staging).finalize("failed", error=error, overrides=overrides or [])
             with deferred():
                 folder.commit()
-    except RunnerError:
+    except (RunnerError, OSError):  # the folder is refused, or the storage that refused the run refuses this too
         pass

@@ -41,3 +41,10 @@ def tfce_step(name: str, value: Any) -> None:
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
     if not (value == "exact" or (number and math.isfinite(value) and value > 0)):
         raise RunnerError(f"{name} must be a positive number, null (max/100) or exact, got {value!r}")
+
+
+def subject_pattern(name: str, value: str) -> None:
+    """A regular expression that compiles, is short and cannot backtrack catastrophically."""
+    from runner.data.patterns import check_pattern
+
+    check_pattern(value, name)

@@ -34,7 +34,8 @@ def task(cfg: DictConfig) -> dict[str, Any]:
     from hydra.core.hydra_config import HydraConfig
 
     from runner import app
-    from runner.config import build_settings
+    from runner.config import build_settings, recorded_config
+    from runner.outputs.writer import storage_errors
 
     run_dir, multirun = _run_dir_and_mode()
     overrides = list(HydraConfig.get().overrides.task)
@@ -44,8 +45,10 @@ def task(cfg: DictConfig) -> dict[str, Any]:
         except RunnerError as error:
             app.record_failure(run_dir, str(error), overrides)  # only where the folder policy allows it
             raise
-        resolved = OmegaConf.to_container(cfg, resolve=True)
-        summary = app.run(settings, run_dir, resolved_config=resolved, overrides=overrides)  # type: ignore[arg-type]
+        resolved = recorded_config(settings, OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+        with storage_errors():  # a full disk, a file-size limit, a read-only folder: one line, not a traceback
+            summary = app.run(settings, run_dir, resolved_config=resolved,  # type: ignore[arg-type]
+                              overrides=overrides)
         print(f"results: {run_dir}")
         return summary
     except RunnerError as error:  # run.log (when the run was allowed to write one) has the line already
@@ -60,9 +63,8 @@ def task(cfg: DictConfig) -> dict[str, Any]:
         if not multirun:
             raise
         message = f"internal error (a bug; the traceback is in run.log): {type(error).__name__}: {error}"
-        log.exception(message)
-        _record_failure(run_dir, " ".join(message.split()), overrides)
-        return {"run_dir": str(run_dir), "status": "crashed", "error": message}
+        print(f"error: {' '.join(message.split())}", file=sys.stderr)
+        return {"run_dir": str(run_dir), "status": "crashed", "error": " ".join(message.split())}
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="config", version_base="1.3")
@@ -79,9 +81,11 @@ def main() -> None:
     except RunnerError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
-    _hydra_main()
     from runner import sweeps
 
+    sweeps.last_sweep_statuses = None  # set by this command's sweep summary, if it runs a sweep
+    _hydra_main()
     code = sweeps.sweep_exit_code(sweeps.last_sweep_statuses)  # a sweep with a failed job must not exit 0
+    sweeps.last_sweep_statuses = None
     if code:
         sys.exit(code)

@@ -14,7 +14,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
-from runner.checks import check, non_negative, one_of, positive
+from runner.checks import check, non_negative, one_of, positive, subject_pattern
 from runner.errors import RunnerError, closest, did_you_mean
 
 SUBJECT_PATTERN = r"sub-([A-Za-z0-9]+)"
@@ -30,7 +30,7 @@ class DataConfig:
     path_column: str = "path"
     glob: Optional[str] = None  # pattern of map files, joined to `participants` on the BIDS subject label
     participants: Optional[str] = None
-    subject_pattern: str = SUBJECT_PATTERN
+    subject_pattern: str = field(default=SUBJECT_PATTERN, metadata=check(subject_pattern))
     subject_column: Optional[str] = None
     image_4d: Optional[str] = None  # one 4D NIfTI, one row of `table` per volume
     query: Optional[str] = None  # pandas query selecting rows
@@ -93,36 +93,84 @@ class ExecutorConfig:
 
 @dataclass
 class RunSettings:
-    """Everything a run needs, typed and validated."""
+    """Everything a run needs, typed and validated.
 
-    data: DataConfig
-    design: DesignConfig
-    contrasts: list[ContrastConfig]
-    correction: dict[str, Any]
+    Field order is the order of the composed config (groups first, then what names the analysis, then how it runs),
+    so the recorded config.yaml reads the same whichever way it was built.
+    """
+
+    data: DataConfig = field(default_factory=DataConfig)
+    design: DesignConfig = field(default_factory=DesignConfig)
+    correction: dict[str, Any] = field(default_factory=dict)
+    name: str = "analysis"  # experiment folder under output_root
+    contrasts: list[ContrastConfig] = field(default_factory=list)
     seed: int = 0
     n_jobs: int = 1
-    progress: Optional[bool] = None  # None: on when stderr is a terminal
+    progress: Optional[bool] = None  # None: a progress bar only when a terminal is watching (stderr is a tty)
     report: bool = True
-    memory_budget_gb: Optional[float] = None
+    memory_budget_gb: Optional[float] = None  # None: keep the data in memory; a number: voxel chunks within it
     overwrite: bool = False
     resume: bool = False
     output_root: str = "experiments"
-    name: str = "analysis"
-    cache: bool = True
-    cache_dir: Optional[str] = None
+    cache: bool = True  # reuse loaded data across runs/jobs with the same inputs and data settings
+    cache_dir: Optional[str] = None  # None: <output_root>/.cache when the run folder is under output_root
     cache_max_gb: float = 5.0  # size cap of the data cache (least recently used entries are evicted)
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
 
 
+GROUPS = ("data", "design", "correction", "executor")  # config groups: one option file per choice under conf/<group>/
 TOP_LEVEL_KEYS = {f.name for f in dataclasses.fields(RunSettings)} | {"experiment", "hydra"}
+
+
+def schema_defaults(cls: type) -> dict[str, Any]:
+    """The defaults of a schema dataclass as plain values, in field order (what Hydra composes options onto)."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+            out[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+    return out
+
+
+def run_defaults() -> dict[str, Any]:
+    """Defaults of the top-level settings that are not config groups (name, contrasts, seed, n_jobs, ...)."""
+    return {k: v for k, v in schema_defaults(RunSettings).items() if k not in GROUPS}
+
+
+def recorded_config(settings: RunSettings, resolved: dict[str, Any]) -> dict[str, Any]:
+    """The resolved config with each group's values as its schema types them (6 given for a float becomes 6.0).
+
+    Keys and their order stay those of ``resolved``; only values change, so one analysis always records one config
+    (and one config hash) whether a number was typed as 6 or 6.0.
+    """
+    out = dict(resolved)
+    for group in ("data", "design", "executor"):
+        if isinstance(out.get(group), dict):
+            typed = dataclasses.asdict(getattr(settings, group))
+            out[group] = {k: typed.get(k, v) for k, v in out[group].items()}
+    if isinstance(out.get("correction"), dict):
+        out["correction"] = {
+            method: ({k: dataclasses.asdict(settings.correction[method]).get(k, v) for k, v in params.items()}
+                     if isinstance(params, dict) and method in settings.correction else params)
+            for method, params in out["correction"].items()}
+    return out
 
 
 def build_settings(config: Any) -> RunSettings:
     """Convert the composed config (DictConfig or dict) into validated settings; RunnerError on any problem."""
     from omegaconf import DictConfig, ListConfig, OmegaConf
 
+    from omegaconf.errors import OmegaConfBaseException
+
     if isinstance(config, (DictConfig, ListConfig)):
-        config = OmegaConf.to_container(config, resolve=True)
+        try:
+            config = OmegaConf.to_container(config, resolve=True)
+        except OmegaConfBaseException as error:  # a broken ${...} interpolation
+            key = getattr(error, "full_key", None)
+            text = str(getattr(error, "msg", None) or error).splitlines()[0]
+            raise RunnerError(f"{key}: {text}" if key else text) from None
     config = dict(config or {})
     config.pop("hydra", None)
     config.pop("experiment", None)
@@ -137,6 +185,7 @@ def build_settings(config: Any) -> RunSettings:
                            **{k: _coerce(f"{k}", v, _field_types(RunSettings)[k]) for k, v in top.items()})
     if settings.n_jobs < 1:
         raise RunnerError(f"n_jobs must be >= 1, got {settings.n_jobs}")
+    non_negative("seed", settings.seed)  # numpy seeds are non-negative integers
     if settings.memory_budget_gb is not None:
         positive("memory_budget_gb", settings.memory_budget_gb)
     positive("cache_max_gb", settings.cache_max_gb)
@@ -147,6 +196,9 @@ def build_settings(config: Any) -> RunSettings:
         raise RunnerError("no input data: set data.table, data.glob, data.image_4d or data.demo")
     if design.formula is None and design.matrix is None:
         raise RunnerError("set design.formula (e.g. '1') or design.matrix")
+    if design.matrix is not None and design.formula not in (None, "1"):
+        raise RunnerError(f"design.formula {design.formula!r} and design.matrix {design.matrix} are both set; "
+                          "the matrix is used as it is, so drop the formula (design.formula=null) or the matrix")
     return settings
 
 

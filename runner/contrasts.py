@@ -11,6 +11,9 @@ import patsy
 
 from runner.errors import RunnerError, did_you_mean
 
+MAX_EXPRESSION_CHARS = 2000  # patsy's constraint parser recurses per term
+MAX_ROWS = 1000
+
 
 @dataclass(frozen=True)
 class Contrast:
@@ -37,6 +40,8 @@ def build_contrast(name: str, expression: Any, columns: Sequence[str], stat_type
     if stat_type not in (None, "t", "F"):
         raise RunnerError(f"contrast {name!r}: type must be 't' or 'F', got {stat_type!r}")
     rows = _rows(name, expression, columns)
+    if len(rows) > MAX_ROWS:
+        raise RunnerError(f"contrast {name!r} has {len(rows)} rows; at most {MAX_ROWS} are allowed")
     matrix = np.vstack(rows)
     if stat_type is None:
         stat_type = "F" if matrix.shape[0] > 1 else "t"
@@ -78,9 +83,14 @@ def _parse_expression(name: str, expression: str, columns: list[str]) -> np.ndar
         raise RunnerError(f"contrast {name!r}: write the expression without '=' (it is tested against zero)")
     if not expression.strip():
         raise RunnerError(f"contrast {name!r} has an empty expression")
+    if len(expression) > MAX_EXPRESSION_CHARS:
+        raise RunnerError(f"contrast {name!r}: the expression is {len(expression)} characters long; at most "
+                          f"{MAX_EXPRESSION_CHARS} are allowed (give a vector of weights instead)")
     try:
         with np.errstate(all="ignore"):  # '1/0' must give one error line, not numpy warnings
             constraint = patsy.DesignInfo(columns).linear_constraint(expression)
+    except RecursionError:
+        raise RunnerError(f"contrast {name!r}: the expression is nested too deeply to be parsed") from None
     except patsy.PatsyError:
         unknown = _unknown_token(expression, columns)
         if unknown:

@@ -15,6 +15,8 @@ from runner.glm import RANK_TOLERANCE, design_rank
 
 log = logging.getLogger(__name__)
 
+MAX_ABS_DESIGN_VALUE = 1e100  # X'X and the fitted values must stay far from float64 overflow (1.8e308)
+
 
 @dataclass(frozen=True)
 class Design:
@@ -61,6 +63,9 @@ def build_design(table: pd.DataFrame, formula: str | None = None, matrix_path: P
             table = table[~missing]
         table = table.reset_index(drop=True)
         matrix = evaluate_formula(formula if formula is not None else "1", table)
+        for message in single_level_factors(formula if formula is not None else "1", table):
+            log.warning(message)
+            notes.append(message)
     matrix = matrix.reset_index(drop=True).astype(float)
     check_design(matrix)
     return Design(matrix=matrix, table=table.reset_index(drop=True), dropped=dropped, notes=tuple(notes))
@@ -68,9 +73,24 @@ def build_design(table: pd.DataFrame, formula: str | None = None, matrix_path: P
 
 def read_design_matrix(path: Path, n_rows: int) -> pd.DataFrame:
     """Read a ready design matrix (TSV with a header of column names, one row per map)."""
+    from runner.data.sources import header_names
+
+    if path.is_dir():
+        raise RunnerError(f"design.matrix {path} is a folder; give the TSV file inside it")
     if not path.is_file():
         raise RunnerError(f"design.matrix file {path} does not exist")
-    frame = pd.read_csv(path, sep="\t" if path.suffix != ".csv" else ",")
+    separator = "\t" if path.suffix != ".csv" else ","
+    try:
+        frame = pd.read_csv(path, sep=separator)
+        header = [name.strip() for name in header_names(path, separator)]
+    except pd.errors.EmptyDataError:
+        raise RunnerError(f"design.matrix {path} is empty; write a header of column names and one row per "
+                          "map") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError) as error:
+        raise RunnerError(f"design.matrix {path} cannot be read: {str(error).splitlines()[0]}") from None
+    repeated = next((name for i, name in enumerate(header) if name in header[:i]), None)
+    if repeated is not None:
+        raise RunnerError(f"design.matrix {path} has two columns named {repeated!r}; rename or remove one")
     if len(frame) != n_rows:
         raise RunnerError(f"design.matrix {path} has {len(frame)} rows but there are {n_rows} input maps")
     bad = [c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
@@ -79,6 +99,28 @@ def read_design_matrix(path: Path, n_rows: int) -> pd.DataFrame:
     if frame.isna().any().any():
         raise RunnerError(f"design.matrix {path} has missing values")
     return frame
+
+
+def single_level_factors(formula: str, table: pd.DataFrame) -> list[str]:
+    """Notes for categorical columns of the formula that hold one level only in the rows analysed.
+
+    patsy codes such a factor with no column next to an intercept, so it silently leaves the design; after a
+    ``data.query`` or dropped rows this is easy to miss.
+    """
+    from runner.data.checks import column_roles
+
+    used, categorical = column_roles(formula, list(table.columns))
+    notes = []
+    for column in used:
+        series = table[column]
+        is_factor = (column in categorical or pd.api.types.is_bool_dtype(series)
+                     or not pd.api.types.is_numeric_dtype(series))
+        levels = series.dropna().unique()
+        if is_factor and len(levels) == 1:
+            notes.append(f"factor {column!r} has a single level ({levels[0]!r}) in the {len(table)} map(s) "
+                         "analysed: it cannot explain any difference between them and adds no effect to the "
+                         "design; remove it from design.formula or check data.query")
+    return notes
 
 
 def check_design(matrix: pd.DataFrame) -> None:
@@ -90,6 +132,10 @@ def check_design(matrix: pd.DataFrame) -> None:
     if not np.all(np.isfinite(values)):
         column = matrix.columns[np.flatnonzero(~np.isfinite(values).all(axis=0))[0]]
         raise RunnerError(f"design column {column!r} has non-finite values (log of zero or a negative number?)")
+    if np.max(np.abs(values)) > MAX_ABS_DESIGN_VALUE:
+        column = matrix.columns[int(np.argmax(np.max(np.abs(values), axis=0)))]
+        raise RunnerError(f"design column {column!r} holds values beyond +-{MAX_ABS_DESIGN_VALUE:g}; products of "
+                          "such values overflow: rescale the column (e.g. center() or standardize())")
     if n <= p:  # before the rank: with fewer maps than columns the design is rank deficient too, for this reason
         raise RunnerError(f"{n} input maps are too few for a design with {p} column(s): at least {p + 1} are "
                           "needed to estimate the residual variance")

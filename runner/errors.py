@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import difflib
+import errno
 import re
 from collections.abc import Iterable
 
 EXIT_USER_ERROR = 2
 
 
-class RunnerError(Exception):
-    """A problem with the user's inputs or configuration, reported as one line without a traceback."""
+# OSError numbers that say the storage refused a write: the user's disk, quota, permissions or file-size limit, not
+# a bug in the runner (reported as one line, no traceback).
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EISDIR,
+                  errno.ENOTDIR, errno.EEXIST, errno.ENAMETOOLONG}
+
+
+class RunnerError(ValueError):
+    """A problem with the user's inputs or configuration, reported as one line without a traceback.
+
+    A ValueError, so pure functions can raise it (or callers catch it) without knowing about the command line.
+    """
 
     def __init__(self, message: str) -> None:
         super().__init__(" ".join(str(message).split()))
@@ -41,3 +51,22 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     shown = ", ".join(repr(c) for c in choices[:12])
     more = ", ..." if len(choices) > 12 else ""
     return f"valid names: {shown}{more}"
+
+
+def storage_error(error: OSError, action: str = "write", path: object = None) -> RunnerError | None:
+    """A one-line RunnerError for an OSError from the storage (full disk, file-size limit, read-only, permission),
+    naming the file (``path`` when the error does not say) and what to do; None for other errors (they are bugs
+    and keep their traceback)."""
+    if error.errno not in STORAGE_ERRNOS:
+        return None
+    where = error.filename or path or "a file"
+    reason = error.strerror or str(error)
+    hints = {errno.ENOSPC: "free disk space or choose another hydra.run.dir / output_root",
+             errno.EDQUOT: "free space within your quota or choose another hydra.run.dir / output_root",
+             errno.EFBIG: "the disk is full or a file-size limit is set (ulimit -f); free space or raise the limit",
+             errno.EROFS: "the file system is read-only; choose another hydra.run.dir / output_root",
+             errno.EISDIR: "a folder has that name; move it away or choose another hydra.run.dir",
+             errno.ENOTDIR: "a file stands where a folder is needed; choose another hydra.run.dir",
+             errno.EEXIST: "a file stands where a folder is needed; choose another hydra.run.dir"}
+    hint = hints.get(error.errno, "check the folder's permissions or choose another hydra.run.dir / output_root")
+    return RunnerError(f"cannot {action} {where}: {reason}; {hint}")

@@ -33,6 +33,8 @@ ALLOWED_FUNCTIONS = {
 }
 
 MAX_EXPONENT = 10
+MAX_FORMULA_CHARS = 2000  # far beyond any design a group study can estimate; patsy's parser recurses per term
+MAX_TERMS = 200
 
 _ALLOWED_NODES = (
     ast.Expression, ast.Name, ast.Load, ast.Call, ast.keyword, ast.Constant, ast.BinOp, ast.UnaryOp,
@@ -45,10 +47,18 @@ def parse_terms(formula: str) -> patsy.ModelDesc:
     """Parse a right-hand-side formula into patsy terms without evaluating anything."""
     if not isinstance(formula, str) or not formula.strip():
         raise RunnerError("design.formula is empty; write e.g. design.formula='1' for a one-sample test")
+    if len(formula) > MAX_FORMULA_CHARS:
+        raise RunnerError(f"design.formula is {len(formula)} characters long; at most {MAX_FORMULA_CHARS} are "
+                          "allowed (use design.matrix for a ready design matrix)")
     try:
         description = patsy.ModelDesc.from_formula(formula)
     except patsy.PatsyError as error:
         raise RunnerError(f"design.formula {formula!r} cannot be parsed: {_first_line(error)}") from None
+    except RecursionError:
+        raise RunnerError("design.formula is nested too deeply to be parsed; simplify it") from None
+    if len(description.rhs_termlist) > MAX_TERMS:
+        raise RunnerError(f"design.formula has {len(description.rhs_termlist)} terms; at most {MAX_TERMS} are "
+                          "allowed (use design.matrix for a ready design matrix)")
     if description.lhs_termlist:
         raise RunnerError(f"design.formula {formula!r} must have no left-hand side (drop the part before '~')")
     return description
@@ -75,6 +85,7 @@ def check_factor(code: str, columns: Iterable[str]) -> set[str]:
     except SyntaxError:
         raise RunnerError(f"design.formula term {code!r} is not a valid expression") from None
     used: set[str] = set()
+    _refuse_sequence_arithmetic(tree, code)
     for node in ast.walk(tree):
         if not isinstance(node, _ALLOWED_NODES):
             what = type(node).__name__
@@ -113,6 +124,23 @@ def check_factor(code: str, columns: Iterable[str]) -> set[str]:
     return used
 
 
+def _refuse_sequence_arithmetic(tree: ast.AST, code: str) -> None:
+    """Lists and tuples may only be arguments of a call (``C(g, levels=['a', 'b'])``): ``[0] * 10**10`` would
+    allocate before anything could stop it."""
+    for parent in ast.walk(tree):
+        if isinstance(parent, (ast.Call, ast.keyword)):
+            continue
+        for child in ast.iter_child_nodes(parent):
+            if isinstance(child, (ast.List, ast.Tuple)):
+                raise RunnerError(f"design.formula term {code!r} is not allowed: a list or tuple in an "
+                                  "expression (lists may only be a function's argument, e.g. levels=[...])")
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.List, ast.Tuple)):
+            for element in node.elts:
+                if not isinstance(element, (ast.Constant, ast.UnaryOp)):
+                    raise RunnerError(f"design.formula term {code!r}: lists may hold constants only")
+
+
 def _check_arithmetic(node: ast.BinOp, code: str) -> None:
     """Arithmetic on constants must stay small: no string repetition, no huge powers (they could hang a run)."""
     for side in (node.left, node.right):
@@ -149,8 +177,8 @@ def evaluate_formula(formula: str, table: pd.DataFrame) -> pd.DataFrame:
             matrix = patsy.dmatrix(formula, data, eval_env=environment, return_type="dataframe", NA_action="raise")
     except patsy.PatsyError as error:
         raise RunnerError(f"design.formula {formula!r} cannot be evaluated: {_first_line(error)}") from None
-    except (ValueError, TypeError, KeyError, ArithmeticError) as error:
-        raise RunnerError(f"design.formula {formula!r} cannot be evaluated: {error}") from None
+    except (ValueError, TypeError, KeyError, ArithmeticError, MemoryError, RecursionError) as error:
+        raise RunnerError(f"design.formula {formula!r} cannot be evaluated: {_first_line(error)}") from None
     matrix.index = table.index
     return matrix
 

@@ -24,25 +24,29 @@ def safe_dirname(overrides: str) -> str:
 
 
 def register_schemas() -> None:
-    """Register one schema per config-group option in Hydra's ConfigStore (idempotent).
+    """Register each schema's defaults in Hydra's ConfigStore (idempotent): the dataclasses are their one source.
 
-    The YAML options extend these (``defaults: [/schema/<group>@_here_]``), so Hydra types every value and refuses keys the
-    schema does not have; the ranges are checked afterwards by :func:`runner.config.build_settings`. Every method of
-    the registry of inference methods is also an option of the ``correction`` group, so a method needs no YAML file.
+    Every option file extends its schema (``defaults: [/schema/<group>@_here_]``) and sets only what differs, and
+    ``config.yaml`` extends ``schema/run`` for the top-level settings. The nodes are plain defaults, not typed
+    structured configs: Hydra only composes, and :func:`runner.config.build_settings` is the one place that checks
+    keys, types and ranges (for option files, command lines and every job of a sweep alike). Every method of the
+    registry of inference methods is also an option of the ``correction`` group, so a method needs no YAML file.
     """
     from hydra.core.config_store import ConfigStore
 
-    from runner.config import DataConfig, DesignConfig, ExecutorConfig, correction_schemas
+    from runner.config import (DataConfig, DesignConfig, ExecutorConfig, correction_schemas, run_defaults,
+                               schema_defaults)
 
     store = ConfigStore.instance()
-    store.store(group="schema", name="data", node=DataConfig)
-    store.store(group="schema", name="design", node=DesignConfig)
-    store.store(group="schema", name="executor", node=ExecutorConfig)
+    store.store(group="schema", name="run", node=run_defaults())
+    store.store(group="schema", name="data", node=schema_defaults(DataConfig))
+    store.store(group="schema", name="design", node=schema_defaults(DesignConfig))
+    store.store(group="schema", name="executor", node=schema_defaults(ExecutorConfig))
     with_yaml = yaml_options("correction")
     for method, schema in correction_schemas().items():
-        store.store(group="schema/correction", name=method, node={method: schema})
+        store.store(group="schema/correction", name=method, node={method: schema_defaults(schema)})
         if method not in with_yaml:  # the option itself, for a method without a YAML file in conf/correction
-            store.store(group="correction", name=method, node={method: schema})
+            store.store(group="correction", name=method, node={method: schema_defaults(schema)})
 
 
 def yaml_options(group: str) -> set[str]:

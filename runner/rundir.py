@@ -414,5 +414,8 @@ def hash_input_files(paths: dict[str, Path | None]) -> dict[str, dict[str, Any]]
     hashed = {}
     for role, path in paths.items():
         if path is not None and Path(path).is_file():
-            hashed[role] = {"path": str(path), "sha256": sha256_file(Path(path))}
+            try:
+                hashed[role] = {"path": str(path), "sha256": sha256_file(Path(path))}
+            except OSError:  # unreadable: reading it as an input fails with its own message
+                continue
     return hashed

@@ -4,7 +4,8 @@ Rows come from each job's manifest.json, so jobs run by any launcher (local, job
 same way; a job that failed shows its one-line error, a job that left no manifest is reported as such.
 
 Only the jobs of *this* sweep are listed: when the sweep starts, a sweep id is written in the sweep directory, and
-each job copies it (with its outcome) into its own ``.hydra/`` folder, so folders left in the same sweep directory
+each job leaves a record (its folder, overrides and outcome) under ``.runner-sweep/<sweep id>/`` in the sweep
+directory -- never in the job's own folder, which belongs to the run -- so folders left in the same sweep directory
 by an earlier sweep are not mixed in. The process exits non-zero when a job did not complete
 (:func:`sweep_exit_code`).
 """
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 
 SUMMARY_NAME = "multirun_summary.tsv"
 SWEEP_ID_NAME = ".runner_sweep_id"               # in the sweep directory: the id of the sweep that wrote it last
-JOB_RECORD = Path(".hydra") / "runner_sweep.json"  # in each job directory: {"sweep_id": ..., "outcome": ...}
+JOB_RECORDS = ".runner-sweep"                     # in the sweep directory: <sweep id>/job-<n>.json per job
 EXIT_INTERNAL_ERROR = 1
 
 # Outcome of the last sweep summarised in this process, read by runner.cli.main() to set the exit code.
@@ -43,22 +44,22 @@ def parse_override(text: str) -> tuple[str, str]:
     return key.lstrip("+~"), value
 
 
-def job_row(job_dir: Path, sweep_dir: Path) -> dict[str, Any]:
-    """One summary row for a job directory."""
+def job_row(job_dir: Path, sweep_dir: Path, record: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One summary row for a job directory (``record``: what the job left in the sweep's records, if anything)."""
+    record = record or {}
     manifest = read_manifest(job_dir)
-    crashed = read_job_record(job_dir).get("outcome") == "crashed"
-    row: dict[str, Any] = {"job": str(job_dir.relative_to(sweep_dir))}
+    row: dict[str, Any] = {"job": _relative(job_dir, sweep_dir)}
     if manifest is None:
-        row.update(status="failed", error="no manifest.json (the job stopped before the analysis started; "
-                                          "see its run.log)")
-        overrides = _hydra_overrides(job_dir)
+        row.update(status="failed", error=record.get("error") or "no manifest.json (the job stopped before the "
+                                                                  "analysis started; see its run.log)")
+        overrides = list(record.get("overrides") or [])
     else:
         row.update(status=manifest.get("status"), error=manifest.get("error"),
                    runtime_seconds=manifest.get("elapsed_seconds"))
-        overrides = manifest.get("overrides") or _hydra_overrides(job_dir)
-    if crashed and row.get("status") != "complete":
+        overrides = manifest.get("overrides") or list(record.get("overrides") or [])
+    if record.get("outcome") == "crashed" and row.get("status") != "complete":
         row["status"] = "crashed"  # an internal error (a bug), not a problem with the job's inputs
-        row["error"] = read_job_record(job_dir).get("error") or row.get("error")
+        row["error"] = record.get("error") or row.get("error")
     row["overrides"] = " ".join(overrides)
     for text in overrides:
         key, value = parse_override(text)
@@ -76,16 +77,18 @@ def job_row(job_dir: Path, sweep_dir: Path) -> dict[str, Any]:
 def summarise_sweep(sweep_dir: Path) -> pd.DataFrame:
     """Rows for every job of a sweep, sorted by job.
 
-    Jobs are the folders holding a manifest or Hydra's ``.hydra`` record; when the sweep directory carries a sweep
-    id, only the folders whose job record holds that id (the jobs of the last sweep run into it).
+    When the sweep directory carries a sweep id, the jobs are those that left a record for it (the jobs of the last
+    sweep run into it); otherwise every folder holding a manifest.
     """
     sweep_dir = Path(sweep_dir)
-    jobs = sorted({p.parent for p in sweep_dir.rglob("manifest.json")} |
-                  {p.parent for p in sweep_dir.rglob(".hydra") if p.is_dir() and p.parent != sweep_dir})
     sweep_id = read_sweep_id(sweep_dir)
     if sweep_id is not None:
-        jobs = [job for job in jobs if read_job_record(job).get("sweep_id") == sweep_id]
-    frame = pd.DataFrame([job_row(job, sweep_dir) for job in jobs])
+        records = job_records(sweep_dir, sweep_id)
+        jobs = sorted(records, key=lambda job: _relative(job, sweep_dir))
+        rows = [job_row(job, sweep_dir, records[job]) for job in jobs]
+    else:
+        rows = [job_row(job, sweep_dir) for job in sorted({p.parent for p in sweep_dir.rglob("manifest.json")})]
+    frame = pd.DataFrame(rows)
     for column in frame.columns:
         if column.endswith(("/n_voxels", "/n_clusters")):
             frame[column] = frame[column].astype("Int64")
@@ -111,15 +114,6 @@ def write_summary(sweep_dir: Path) -> Path:
     return target
 
 
-def _hydra_overrides(job_dir: Path) -> list[str]:
-    path = job_dir / ".hydra" / "overrides.yaml"
-    if not path.is_file():
-        return []
-    import yaml
-
-    return [str(o) for o in (yaml.safe_load(path.read_text()) or [])]
-
-
 def sweep_exit_code(statuses: list[str] | None) -> int:
     """0 when every job completed; 2 when the others failed with user errors; 1 when one crashed (a bug) or
     stopped otherwise."""
@@ -137,13 +131,18 @@ def read_sweep_id(sweep_dir: Path) -> str | None:
         return None
 
 
-def read_job_record(job_dir: Path) -> dict[str, Any]:
-    """The job record a sweep job leaves in its ``.hydra/`` folder (empty when there is none)."""
-    try:
-        record = json.loads((Path(job_dir) / JOB_RECORD).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return {}
-    return record if isinstance(record, dict) else {}
+def job_records(sweep_dir: Path, sweep_id: str) -> dict[Path, dict[str, Any]]:
+    """The records the jobs of sweep ``sweep_id`` left, by job folder (a job's last record wins)."""
+    records: dict[Path, dict[str, Any]] = {}
+    folder = Path(sweep_dir) / JOB_RECORDS / sweep_id
+    for path in sorted(folder.glob("job-*.json")) if folder.is_dir() else []:
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        if isinstance(record, dict) and record.get("job_dir"):
+            records[Path(str(record["job_dir"]))] = record
+    return records
 
 
 def _write_job_record(config: DictConfig, outcome: str, error: str | None = None) -> None:
@@ -151,13 +150,23 @@ def _write_job_record(config: DictConfig, outcome: str, error: str | None = None
 
     if config.hydra.mode != RunMode.MULTIRUN:
         return
-    sweep_id = read_sweep_id(Path(str(config.hydra.sweep.dir)))
+    sweep_dir = Path(str(config.hydra.sweep.dir))
+    sweep_id = read_sweep_id(sweep_dir)
     if sweep_id is None:
         return
-    target = Path(str(config.hydra.runtime.output_dir)) / JOB_RECORD
-    target.parent.mkdir(parents=True, exist_ok=True)
-    record = {"sweep_id": sweep_id, "outcome": outcome, **({"error": error} if error else {})}
-    write_text_atomic(target, json.dumps(record) + "\n")
+    folder = sweep_dir / JOB_RECORDS / sweep_id
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {"sweep_id": sweep_id, "job_dir": str(Path(str(config.hydra.runtime.output_dir)).resolve()),
+              "overrides": [str(o) for o in config.hydra.overrides.task], "outcome": outcome,
+              **({"error": error} if error else {})}
+    write_text_atomic(folder / f"job-{int(config.hydra.job.num)}.json", json.dumps(record) + "\n")
+
+
+def _relative(job_dir: Path, sweep_dir: Path) -> str:
+    try:
+        return str(Path(job_dir).resolve().relative_to(Path(sweep_dir).resolve()))
+    except ValueError:
+        return str(job_dir)
 
 
 def _outcome(job_return: Any) -> tuple[str, str | None]:
@@ -177,6 +186,8 @@ class MultirunSummary(Callback):
     """Hydra callback: mark the jobs of this sweep, and write the sweep summary when the multirun ends."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        global last_sweep_statuses
+        last_sweep_statuses = None
         sweep_dir = Path(str(config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         sweep_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}"

@@ -139,8 +139,7 @@ def changed_inputs(recorded: dict[str, Any], rerun: dict[str, Any]) -> list[str]
                          f"{_short(new.get('sha256'))} now)")
     if "input_files" not in recorded:
         return lines
-    files_before = {f.get("role"): f for f in _records(recorded.get("input_files"))}
-    files_after = {f.get("role"): f for f in _records(rerun.get("input_files"))}
+    files_before, files_after = _by_role(recorded.get("input_files")), _by_role(rerun.get("input_files"))
     for role in dict.fromkeys([*files_before, *files_after]):
         name = str(role).replace("_", " ")
         old, new = files_before.get(role), files_after.get(role)
@@ -351,6 +350,13 @@ def verify(run_dir: Path, tolerance: float = 0.0, keep: Path | None = None) -> V
 def _add(verdict: Verdict, path: str, problem: str | None) -> None:
     if problem:
         verdict.differences.append(f"{path}: {problem}")
+
+
+def _by_role(value: Any) -> dict[str, dict[str, Any]]:
+    """A manifest's ``input_files`` (role -> {path, sha256}) with anything malformed left out."""
+    if not isinstance(value, dict):
+        return {}
+    return {str(role): entry for role, entry in value.items() if isinstance(entry, dict)}
 
 
 def _records(value: Any) -> list[dict[str, Any]]:

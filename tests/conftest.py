@@ -50,9 +50,10 @@ def run_analysis(run_dir: Path, overrides: list[str] | None = None) -> dict:
                    overrides=list(overrides or []))
 
 
-def run_cli(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    """``python -m runner <args>`` in a subprocess (as a user types it)."""
+def run_cli(args: list[str], cwd: Path, timeout: float = 300, preexec_fn=None) -> subprocess.CompletedProcess:
+    """``python -m runner <args>`` in a subprocess (as a user types it); ``preexec_fn`` runs in the child first
+    (e.g. to set a resource limit)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     return subprocess.run([sys.executable, "-m", "runner", *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, preexec_fn=preexec_fn)

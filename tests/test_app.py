@@ -9,9 +9,17 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from conftest import REPO, run_analysis, run_cli
+from conftest import REPO, compose, run_analysis, run_cli
 
 PRESETS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
+TEST_PERMUTATIONS = 100  # the presets' own counts (500-1000) are for the demo; the run and its re-run are the test
+
+
+def fewer_permutations(preset: str) -> list[str]:
+    """Overrides that cut every permutation method of ``preset`` to TEST_PERMUTATIONS."""
+    correction = compose([f"+experiment={preset}"]).correction or {}
+    return [f"correction.{method}.n_permutations={TEST_PERMUTATIONS}" for method, params in correction.items()
+            if "n_permutations" in params]
 
 
 def test_default_run_writes_a_complete_manifest(tmp_path):
@@ -61,7 +69,7 @@ def test_every_preset_runs_and_verifies(preset, tmp_path):
     from runner.verify import verify
 
     run_dir = tmp_path / preset
-    run_analysis(run_dir, [f"+experiment={preset}", "report=false"])
+    run_analysis(run_dir, [f"+experiment={preset}", "report=false", *fewer_permutations(preset)])
     assert json.loads((run_dir / "manifest.json").read_text())["status"] == "complete"
     verdict = verify(run_dir)
     assert verdict.ok, verdict.changed_inputs + verdict.differences

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import warnings
 
 import nibabel as nib
@@ -11,51 +10,12 @@ import pytest
 from scipy import ndimage
 from scipy.stats import binom, norm
 
+from oracles import closed_testing_discoveries, hommel_by_definition, smooth_z_map
 from runner.errors import RunnerError
 from runner.inference import ari
 
 AFFINE = np.diag([3.0, 3.0, 3.0, 1.0])
-
-
-def smooth_z_map(seed: int, shape: tuple[int, int, int] = (20, 24, 18)) -> tuple[np.ndarray, np.ndarray]:
-    """Smooth unit-variance noise plus Gaussian blobs of both signs, and a box mask."""
-    rng = np.random.default_rng(seed)
-    z = ndimage.gaussian_filter(rng.standard_normal(shape), 1.2)
-    z /= z.std()
-    grid = np.indices(shape)
-    for centre, amplitude in [((6, 8, 9), 5.5), ((13, 15, 8), -4.5), ((10, 18, 12), 4.0), ((15, 6, 5), 4.5)]:
-        distance2 = sum((grid[axis] - centre[axis]) ** 2 for axis in range(3))
-        z += amplitude * np.exp(-distance2 / (2 * 2.0**2))
-    mask = np.zeros(shape, dtype=bool)
-    mask[1:-1, 1:-1, 1:-1] = True
-    return z, mask
-
-
-def simes_rejects(p_values, alpha):
-    """Simes' test of the intersection hypothesis: reject when some p_(k) <= k alpha / n."""
-    p_sorted = np.sort(p_values)
-    n = len(p_sorted)
-    return bool(np.any(p_sorted <= alpha * np.arange(1, n + 1) / n))
-
-
-def hommel_by_definition(p_values, alpha):
-    """Largest i such that the i largest p-values are not rejected by Simes' test."""
-    p_sorted = np.sort(p_values)
-    n = len(p_sorted)
-    return max([0] + [i for i in range(1, n + 1) if not simes_rejects(p_sorted[n - i:], alpha)])
-
-
-def closed_testing_discoveries(p_values, alpha):
-    """Lower bound on true discoveries of every subset, by closed testing over all intersection hypotheses."""
-    n = len(p_values)
-    subsets = [frozenset(s) for size in range(1, n + 1) for s in itertools.combinations(range(n), size)]
-    simes = {s: simes_rejects(p_values[list(s)], alpha) for s in subsets}
-    closed = {s: all(simes[t] for t in subsets if s <= t) for s in subsets}
-    bound = {}
-    for s in subsets:
-        not_rejected = [len(t) for t in subsets if t <= s and not closed[t]]
-        bound[s] = len(s) - max([0] + not_rejected)
-    return bound
+BLOBS = [((6, 8, 9), 5.5), ((13, 15, 8), -4.5), ((10, 18, 12), 4.0), ((15, 6, 5), 4.5)]
 
 
 @pytest.mark.parametrize("seed", range(40))
@@ -88,7 +48,7 @@ def test_true_discoveries_equal_brute_force_closed_testing(seed):
 @pytest.mark.parametrize("thresholds", [[3.0], [2.5, 3.5, 3.0]])
 def test_tdp_map_equals_nilearn(seed, thresholds):
     glm = pytest.importorskip("nilearn.glm")
-    z, mask = smooth_z_map(seed)
+    z, mask = smooth_z_map(seed, BLOBS)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         expected = glm.cluster_level_inference(
@@ -102,7 +62,7 @@ def test_tdp_map_equals_nilearn(seed, thresholds):
 
 
 def test_table_describes_each_cluster_at_each_threshold():
-    z, mask = smooth_z_map(0)
+    z, mask = smooth_z_map(0, BLOBS)
     tdp_map, table = ari.cluster_tdp(z, mask, (3.5, 2.5), affine=AFFINE)
     assert list(table["threshold"]) == sorted(table["threshold"])
     for threshold, rows in table.groupby("threshold"):
@@ -157,7 +117,7 @@ def test_a_cluster_of_huge_z_values_is_almost_all_true(peak):
 
 
 def test_user_errors():
-    z, mask = smooth_z_map(0)
+    z, mask = smooth_z_map(0, BLOBS)
     with pytest.raises(RunnerError, match="alpha"):
         ari.cluster_tdp(z, mask, (3.0,), alpha=1.0)
     with pytest.raises(RunnerError, match=">= 0"):

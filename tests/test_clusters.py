@@ -9,25 +9,13 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from oracles import smooth_z_map
 from runner.errors import RunnerError
 from runner.inference import clusters
 from runner.inference.parametric import height_threshold
 
 AFFINE = np.array([[3.0, 0, 0, -30], [0, 3.0, 0, -36], [0, 0, 3.0, -27], [0, 0, 0, 1]])
-
-
-def smooth_z_map(seed: int, shape: tuple[int, int, int] = (20, 24, 18)) -> tuple[np.ndarray, np.ndarray]:
-    """Smooth unit-variance noise plus Gaussian blobs of both signs, and a box mask."""
-    rng = np.random.default_rng(seed)
-    z = ndimage.gaussian_filter(rng.standard_normal(shape), 1.2)
-    z /= z.std()
-    grid = np.indices(shape)
-    for centre, amplitude in [((6, 8, 9), 6.0), ((13, 15, 8), -5.0), ((10, 18, 12), 3.5), ((15, 6, 5), 4.0)]:
-        distance2 = sum((grid[axis] - centre[axis]) ** 2 for axis in range(3))
-        z += amplitude * np.exp(-distance2 / (2 * 2.0**2))
-    mask = np.zeros(shape, dtype=bool)
-    mask[1:-1, 1:-1, 1:-1] = True
-    return z, mask
+BLOBS = [((6, 8, 9), 6.0), ((13, 15, 8), -5.0), ((10, 18, 12), 3.5), ((15, 6, 5), 4.0)]
 
 
 def nilearn_table(stat3d, threshold, cluster_threshold=0, two_sided=False, min_distance=8.0):
@@ -71,7 +59,7 @@ def test_label_joins_faces_edges_or_corners():
 @pytest.mark.parametrize("cluster_threshold", [0, 10])
 def test_threshold_map_keeps_the_voxels_nilearn_keeps(method, two_sided, cluster_threshold):
     glm = pytest.importorskip("nilearn.glm")
-    z, mask = smooth_z_map(0)
+    z, mask = smooth_z_map(0, BLOBS)
     alpha = 0.005 if method == "fpr" else 0.05
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -113,7 +101,7 @@ def test_threshold_map_rules_at_the_boundaries():
 @pytest.mark.parametrize("two_sided", [True, False])
 @pytest.mark.parametrize("cluster_threshold", [0, 5])
 def test_cluster_table_matches_nilearn(seed, two_sided, cluster_threshold):
-    z, mask = smooth_z_map(seed)
+    z, mask = smooth_z_map(seed, BLOBS)
     z[~mask] = 0
     for threshold in (2.3, 3.1):
         ours = clusters.cluster_table(z, AFFINE, threshold, cluster_threshold, two_sided)
@@ -123,7 +111,7 @@ def test_cluster_table_matches_nilearn(seed, two_sided, cluster_threshold):
 
 
 def test_cluster_table_is_exercised_with_sub_peaks_and_both_tails():
-    z, mask = smooth_z_map(0)
+    z, mask = smooth_z_map(0, BLOBS)
     z[~mask] = 0
     table = clusters.cluster_table(z, AFFINE, 2.0, two_sided=True, min_distance=6.0)
     assert table["cluster_id"].str.contains("[a-c]$").any()
@@ -195,7 +183,7 @@ def test_empty_table_has_the_columns():
 
 @pytest.mark.parametrize("two_sided", [True, False])
 def test_cluster_extents_match_a_cluster_by_cluster_count(two_sided):
-    z, _ = smooth_z_map(4)
+    z, _ = smooth_z_map(4, BLOBS)
     labels, sizes, masses = clusters.cluster_extents(z, 2.5, connectivity=6, two_sided=two_sided)
     positive, n_positive = ndimage.label(z > 2.5)
     negative, n_negative = ndimage.label(z < -2.5)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import run_cli
+from conftest import CONF, run_cli
+from runner.errors import RunnerError
 from runner.hydra_setup import safe_dirname
 
 
@@ -65,6 +66,47 @@ def test_user_config_dir_with_own_experiment(tmp_path):
                      cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert list((tmp_path / "experiments" / "mine").rglob("contrast-mean_stat-z_corr-bonferroni_statmap.nii.gz"))
+
+
+@pytest.mark.parametrize("argv, message", [
+    ("correction=[fpr] correction.fdr.alpha=0.1",
+     "correction.fdr.alpha: fdr is not among the chosen corrections; choose it too: correction=[fpr,fdr]"),
+    ("+seed=3", "seed is already set: write seed=3 to change it"),
+    ("~sedd", "cannot delete sedd: the config has no such key"),
+    ("seed=${nope}", "seed: Interpolation key 'nope' not found"),
+    ("-m data.smoothing_fwhm=0,6,abc", "data.smoothing_fwhm must be a number, got 'abc'"),  # a later sweep value
+    ("-m correction=fdr,bonf", "Could not find 'correction/bonf'"),
+    ("-m seed=1,2 correction.fdr.alpha=0.1,7", "correction.fdr.alpha must be in (0, 1), got 7"),
+])
+def test_prevalidation_refuses_in_one_line(argv, message):
+    """As the CLI does before Hydra runs (the printing and exit code are tested above)."""
+    from runner.prevalidate import prevalidate
+
+    with pytest.raises(RunnerError) as refused:
+        prevalidate(argv.split(" "), str(CONF))
+    assert message in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_option_file_typo_is_named_with_the_closest_key(tmp_path):
+    """A mistake in the user's own YAML goes through the same validation as the command line."""
+    from runner.prevalidate import prevalidate
+
+    own = tmp_path / "my_confs" / "experiment"
+    own.mkdir(parents=True)
+    (own / "typo.yaml").write_text("# @package _global_\ndata:\n  smothing_fwhm: 3\n")
+    with pytest.raises(RunnerError) as refused:
+        prevalidate(["--config-dir", str(tmp_path / "my_confs"), "+experiment=typo"], str(CONF))
+    assert str(refused.value) == "unknown key data.smothing_fwhm — did you mean data.smoothing_fwhm?"
+
+
+def test_flags_that_show_instead_of_running_are_left_to_hydra(tmp_path):
+    from runner.prevalidate import prevalidate
+
+    for argv in (["--help"], ["--cfg", "job", "sed=3"], ["--info"], ["-i", "defaults"], ["--hydra-help"]):
+        assert prevalidate(argv, str(CONF)) is None, argv
+    assert prevalidate(["--config-name", "config", "-m", "seed=1,2"], str(CONF)).seed == 1
+    with pytest.raises(RunnerError, match="did you mean seed"):
+        prevalidate(["-m", "sed=1,2"], str(CONF))
 
 
 @pytest.mark.parametrize("value, expected", [("exact", "exact"), ("0.1", 0.1), ("null", None)])

@@ -7,27 +7,14 @@ import warnings
 import nibabel as nib
 import numpy as np
 import pytest
-from scipy import ndimage
 from scipy.stats import binom, norm
 
+from oracles import smooth_z_map
 from runner.errors import RunnerError
 from runner.inference.parametric import fdr_threshold, height_threshold
 
 AFFINE = np.diag([3.0, 3.0, 3.0, 1.0])
-
-
-def smooth_z_map(seed: int, shape: tuple[int, int, int] = (20, 24, 18)) -> tuple[np.ndarray, np.ndarray]:
-    """Smooth unit-variance noise plus two positive and one negative Gaussian blob, and a box mask."""
-    rng = np.random.default_rng(seed)
-    z = ndimage.gaussian_filter(rng.standard_normal(shape), 1.2)
-    z /= z.std()
-    grid = np.indices(shape)
-    for centre, amplitude in [((6, 8, 9), 5.0), ((13, 15, 8), -4.5), ((10, 18, 12), 3.5)]:
-        distance2 = sum((grid[axis] - centre[axis]) ** 2 for axis in range(3))
-        z += amplitude * np.exp(-distance2 / (2 * 2.0**2))
-    mask = np.zeros(shape, dtype=bool)
-    mask[1:-1, 1:-1, 1:-1] = True
-    return z, mask
+BLOBS = [((6, 8, 9), 5.0), ((13, 15, 8), -4.5), ((10, 18, 12), 3.5)]
 
 
 def test_fpr_is_the_normal_quantile_of_alpha_per_tail():
@@ -74,15 +61,29 @@ def test_two_sided_fdr_rejects_what_benjamini_hochberg_rejects_on_two_sided_p_va
     np.testing.assert_array_equal(np.abs(z) >= threshold, rejected)
 
 
-def test_non_finite_values_count_as_zero():
-    z = np.random.default_rng(1).standard_normal(200)
-    z[:5] = 4.5
-    with_nan = z.copy()
-    with_nan[10:20] = np.nan
-    with_zero = z.copy()
-    with_zero[10:20] = 0.0
+@pytest.mark.parametrize("two_sided", [True, False])
+def test_voxels_without_a_statistic_are_not_counted_as_tests(two_sided):
+    """NaN z (zero residual variance) is not a test: Bonferroni divides alpha by the finite count, BH ranks the
+    finite p-values only (expectations from the closed form and from statsmodels on the finite values)."""
+    rng = np.random.default_rng(1)
+    z = np.concatenate([rng.standard_normal(300), rng.normal(3.6, 0.5, 40)])
+    with_nan = np.concatenate([z, np.full(660, np.nan)])  # 1000 voxels, 340 of them with a statistic
+    multitest = pytest.importorskip("statsmodels.stats.multitest")
+    alpha_tail = 0.05 / 2 if two_sided else 0.05
+    bonferroni = height_threshold(with_nan, "bonferroni", 0.05, two_sided)
+    assert bonferroni == pytest.approx(norm.isf(alpha_tail / 340), abs=1e-12)
+    assert bonferroni < norm.isf(alpha_tail / 1000)  # counting NaN voxels would make it stricter
+    p = 2 * norm.sf(np.abs(z)) if two_sided else norm.sf(z)
+    rejected, *_ = multitest.multipletests(p, alpha=0.05, method="fdr_bh")
+    threshold = height_threshold(with_nan, "fdr", 0.05, two_sided)
+    assert 30 < rejected.sum() < 340
+    np.testing.assert_array_equal((np.abs(z) if two_sided else z) >= threshold, rejected)
+
+
+def test_a_map_without_any_statistic_is_refused():
     for method in ("fdr", "bonferroni"):
-        assert height_threshold(with_nan, method, 0.05) == height_threshold(with_zero, method, 0.05)
+        with pytest.raises(RunnerError, match="no in-mask voxel has a statistic"):
+            height_threshold(np.full(10, np.nan), method, 0.05)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -90,7 +91,7 @@ def test_non_finite_values_count_as_zero():
 @pytest.mark.parametrize("two_sided", [True, False])
 def test_thresholds_equal_nilearn(seed, method, two_sided):
     glm = pytest.importorskip("nilearn.glm")
-    z, mask = smooth_z_map(seed)
+    z, mask = smooth_z_map(seed, BLOBS)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         _, expected = glm.threshold_stats_img(
@@ -132,5 +133,5 @@ def test_unknown_method_suggests_the_closest():
 def test_data_driven_methods_need_data():
     with pytest.raises(RunnerError, match="needs the z values"):
         height_threshold(None, "bonferroni", 0.05)
-    with pytest.raises(RunnerError, match="no in-mask values"):
+    with pytest.raises(RunnerError, match="no in-mask voxel has a statistic"):
         height_threshold(np.array([]), "fdr", 0.05)

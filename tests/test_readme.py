@@ -152,11 +152,11 @@ def _compose_sweep(command: str) -> str | None:
 
     from conftest import CONF
     from runner.hydra_setup import register
-    from runner.prevalidate import first_of_sweeps
+    from runner.prevalidate import sweep_variants
 
     words = shlex.split(command, comments=True)
     assert words[:4] == ["python", "-m", "runner", "-m"], words
-    overrides, _ = first_of_sweeps(words[4:])
+    overrides = sweep_variants(words[4:])[0]  # the first job's command line
     register()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)

@@ -433,9 +433,18 @@ def test_sweep_summary_page_links_every_report_and_plots_surviving_voxels(tmp_pa
     for fwhm in (0, 6):
         run_analysis(sweep / f"data.smoothing_fwhm-{fwhm}", ["correction=fdr", f"data.smoothing_fwhm={fwhm}",
                                                               "cache=false"])
-    broken = sweep / "data.smoothing_fwhm-bad" / ".hydra"
+    broken = sweep / "data.smoothing_fwhm-bad"
     broken.mkdir(parents=True)
-    (broken / "overrides.yaml").write_text("- correction=fdr\n- data.smoothing_fwhm=bad\n")
+    # the records each job of a sweep leaves in the sweep folder (runner.sweeps): the broken job left no manifest
+    (sweep / ".runner_sweep_id").write_text("s1\n")
+    records = sweep / ".runner-sweep" / "s1"
+    records.mkdir(parents=True)
+    jobs = [(f"data.smoothing_fwhm-{f}", [f"data.smoothing_fwhm={f}"], "complete") for f in (0, 6)]
+    jobs.append(("data.smoothing_fwhm-bad", ["data.smoothing_fwhm=bad"], "failed"))
+    for number, (folder, overrides, outcome) in enumerate(jobs):
+        record = {"sweep_id": "s1", "job_dir": str(sweep / folder), "outcome": outcome,
+                  "overrides": ["correction=fdr", *overrides]}
+        (records / f"job-{number}.json").write_text(json.dumps(record))
 
     write_summary(sweep)
     page_path = sweep / "multirun_summary.html"

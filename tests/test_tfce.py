@@ -8,71 +8,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
+from oracles import (
+    STRUCTURE_RANK,
+    midpoint_tfce,
+    one_sample_t,
+    reference_exact_tfce,
+    reference_tfce,
+    smooth_volume,
+)
 from runner.errors import RunnerError
 from runner.inference.permutation import PermutationOptions, permutation_inference
 from runner.inference.tfce import label_components, tfce, tfce_maxima, voxel_graph
-
-STRUCTURE_RANK = {6: 1, 18: 2, 26: 3}
-
-
-def reference_tfce(volume: np.ndarray, connectivity: int, dh: float | None, two_sided: bool,
-                   E: float = 0.5, H: float = 2.0, steps: int = 100) -> np.ndarray:
-    """Sum over thresholds h = k dh of extent^E h^H dh, labelling the whole volume at every threshold."""
-    structure = ndimage.generate_binary_structure(3, STRUCTURE_RANK[connectivity])
-    enhanced = np.zeros(volume.shape)
-    for sign in (1, -1) if two_sided else (1,):
-        tail = sign * volume
-        top = tail.max()
-        if top <= 0:
-            continue
-        if dh is None:  # the automatic step: thresholds as numpy.linspace, the last one the maximum
-            step, heights = top / steps, np.linspace(0, top, steps + 1)[1:]
-        else:
-            step, heights = dh, dh * np.arange(1, int(top / dh) + 2)
-            heights = heights[heights <= top]
-        for height in heights:
-            labels, _ = ndimage.label(tail >= height, structure)
-            extent = np.bincount(labels.ravel()).astype(float)
-            value = extent**E * height**H * step
-            value[0] = 0.0
-            enhanced += sign * value[labels]
-    return enhanced
-
-
-def reference_exact_tfce(volume: np.ndarray, connectivity: int, two_sided: bool,
-                         E: float = 0.5, H: float = 2.0) -> np.ndarray:
-    """The integral over h of extent^E h^H, exactly: the extent only changes at the voxels' values, so label the
-    volume at every distinct value and integrate h^H in closed form from the previous value up to it."""
-    structure = ndimage.generate_binary_structure(3, STRUCTURE_RANK[connectivity])
-    enhanced = np.zeros(volume.shape)
-    for sign in (1, -1) if two_sided else (1,):
-        tail = sign * volume
-        lower = 0.0
-        for height in np.unique(tail[tail > 0]):  # for h in (lower, height], {tail >= h} = {tail >= height}
-            labels, _ = ndimage.label(tail >= height, structure)
-            extent = np.bincount(labels.ravel()).astype(float)
-            value = extent**E * (height ** (H + 1) - lower ** (H + 1)) / (H + 1)
-            value[0] = 0.0
-            enhanced += sign * value[labels]
-            lower = height
-    return enhanced
-
-
-def midpoint_tfce(volume: np.ndarray, connectivity: int, n_steps: int, E: float = 0.5, H: float = 2.0) -> np.ndarray:
-    """Numerical integration of extent^E h^H over (0, s] by the midpoint rule with ``n_steps`` steps up to the max."""
-    structure = ndimage.generate_binary_structure(3, STRUCTURE_RANK[connectivity])
-    step = volume.max() / n_steps
-    enhanced = np.zeros(volume.shape)
-    for height in step * (np.arange(n_steps) + 0.5):
-        labels, _ = ndimage.label(volume >= height, structure)
-        value = np.bincount(labels.ravel()).astype(float) ** E * height**H * step
-        value[0] = 0.0
-        enhanced += value[labels]
-    return enhanced
-
-
-def smooth_volume(rng: np.random.Generator, shape=(9, 8, 7), sigma=1.0) -> np.ndarray:
-    return ndimage.gaussian_filter(rng.standard_normal(shape), sigma) / 0.2
 
 
 @pytest.fixture
@@ -342,10 +288,6 @@ def test_exact_tfce_scales_with_the_power_h_plus_one(seed, factor):
 # ------------------------------------------------------------------------------ in the permutation engine
 
 
-def one_sample_t(data: np.ndarray) -> np.ndarray:
-    return data.mean(axis=0) / (data.std(axis=0, ddof=1) / np.sqrt(data.shape[0]))
-
-
 @pytest.mark.parametrize(("dh", "connectivity"), [(None, 6), (None, 18), ("exact", 6), ("exact", 26)])
 def test_permutation_null_is_the_max_tfce_of_each_sign_flipped_map(holey_mask, dh, connectivity):
     """The engine's TFCE null against the reference TFCE of each sign-flipped t map, recomputed here."""
@@ -366,3 +308,23 @@ def test_permutation_null_is_the_max_tfce_of_each_sign_flipped_map(holey_mask, d
             np.testing.assert_allclose(result.tfce, enhanced[holey_mask], rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(result.null_max["tfce"], expected, rtol=1e-9)
     assert any(("exact integral" if dh == "exact" else "max/100") in message for message in result.messages)
+
+
+def test_compiled_kernels_are_reused_from_the_disk_cache():
+    """numba compiles the TFCE kernels once (about 10 s on 2 cores) and later processes -- every command-line test,
+    every sweep job -- load them from its cache (next to the module, or NUMBA_CACHE_DIR): a second process compiles
+    nothing."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    script = ("import numpy as np\nfrom runner.inference import tfce as t\n"
+              "g = t.voxel_graph(np.ones((4, 4, 4), bool), 26)\n"
+              "t.tfce(np.random.default_rng(0).standard_normal((1, 64)), g, two_sided=True)\n"
+              "s = t._enhance.stats\nprint(sum(s.cache_hits.values()), sum(s.cache_misses.values()))\n")
+    environment = {**os.environ, "PYTHONPATH": str(REPO)}
+    runs = [subprocess.run([sys.executable, "-c", script], env=environment, capture_output=True, text=True,
+                           check=True).stdout.split() for _ in range(2)]
+    assert runs[1] == ["1", "0"], runs  # loaded from the cache, not compiled

@@ -67,7 +67,7 @@ def test_untouched_run_verifies_and_nothing_recorded_is_written(project, recorde
     assert verdict.ok and not verdict.notes, verdict
     manifest = json.loads((recorded / "manifest.json").read_text())
     assert verdict.compared == len(manifest["outputs"]) >= 15
-    assert {f["role"] for f in manifest["input_files"]} == {"table"}
+    assert set(manifest["input_files"]) == {"table"}
     assert _snapshot(project) == before_project  # the recorded working directory
     assert _snapshot(recorded) == before_run
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # nor the caller's

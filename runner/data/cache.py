@@ -25,7 +25,6 @@ so a run pointed at a folder of its own never creates a cache beside something t
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -34,7 +33,7 @@ import shutil
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 
@@ -44,6 +43,7 @@ from runner.data.loader import GroupData, save_rows
 from runner.data.sources import InputSet
 from runner.errors import RunnerError
 from runner.outputs.atomic import sha256_file
+from runner.rundir import exclusive_lock
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ def store_entry(entry: Path, key: str, data: GroupData, max_bytes: int | None = 
         return False
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)
-        with _exclusive_lock(_lock_path(entry), f"data cache entry {key[:12]}"):
+        with exclusive_lock(_lock_path(entry), f"data cache entry {key[:12]}"):
             _write_entry(entry, key, data)
     except RunnerError:  # another job is storing the same entry right now
         log.info("data cache: another run is storing entry %s; not storing it twice", key[:12])
@@ -205,7 +205,7 @@ def evict(cache_dir: Path, max_bytes: int, keep: Path | None = None) -> list[Pat
         if keep is not None and folder == keep:
             continue
         try:
-            with _exclusive_lock(_lock_path(folder), f"data cache entry {folder.name[:12]}"):
+            with exclusive_lock(_lock_path(folder), f"data cache entry {folder.name[:12]}"):
                 _remove_entry(folder)
         except (RunnerError, OSError):
             continue
@@ -250,7 +250,7 @@ def _remove_leftovers(cache_dir: Path) -> None:
         if not folder.is_dir() or not key:
             continue
         try:
-            with _exclusive_lock(_lock_path(folder.parent / key), f"data cache entry {key[:12]}"):
+            with exclusive_lock(_lock_path(folder.parent / key), f"data cache entry {key[:12]}"):
                 shutil.rmtree(folder, ignore_errors=True)
         except (RunnerError, OSError):
             continue
@@ -258,30 +258,6 @@ def _remove_leftovers(cache_dir: Path) -> None:
 
 def _lock_path(entry: Path) -> Path:
     return entry.parent / f".{entry.name}.lock"
-
-
-@contextlib.contextmanager
-def _exclusive_lock(path: Path, what: str) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``path`` or raise RunnerError naming the holder (no waiting).
-
-    The kernel releases the lock when its process dies, so a killed writer leaves no stale lock.
-    (Same signature as the run-directory lock; kept private here until the two share one helper.)
-    """
-    handle = open(path, "a+", encoding="utf-8")
-    try:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise RunnerError(f"{what} is locked by {holder}") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"process {os.getpid()}\n")
-        handle.flush()
-        yield
-    finally:
-        handle.close()
 
 
 def _touch(entry: Path) -> None:

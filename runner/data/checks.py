@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import logging
+import os
 import re
 
 import numpy as np
@@ -57,13 +58,25 @@ def column_roles(formula: str, columns: list[str]) -> tuple[list[str], list[str]
 
 
 def _refuse_duplicate_images(inputs: InputSet) -> None:
-    seen: dict[str, int] = {}
+    """No file may be listed twice, however its path is spelled (``a/../x.nii.gz``, a symlink, a hard link)."""
+    seen: dict[tuple, int] = {}
     for row, ref in enumerate(inputs.images):
-        key = str(ref)
+        key = (_file_identity(ref.path), ref.volume)
         if key in seen:
-            raise RunnerError(f"rows {seen[key] + 1} and {row + 1} of the input table name the same image {ref}; "
-                              "remove the duplicate row")
+            first = inputs.images[seen[key]]
+            spelled = "" if str(first) == str(ref) else f" (also written {first})"
+            raise RunnerError(f"rows {seen[key] + 1} and {row + 1} of the input table name the same image "
+                              f"{ref}{spelled}; remove the duplicate row")
         seen[key] = row
+
+
+def _file_identity(path) -> tuple:
+    """(device, inode) of an existing file, else its absolute path with '..' and symlinks resolved."""
+    try:
+        status = os.stat(path)
+        return ("inode", status.st_dev, status.st_ino)
+    except OSError:  # a missing file is reported by the header checks, with its own message
+        return ("path", os.path.realpath(path))
 
 
 def _refuse_duplicate_ids(table: pd.DataFrame, id_column: str, used: list[str]) -> None:

@@ -35,7 +35,7 @@ from runner.chunks import ordered_map, release_pages
 from runner.config import DataConfig
 from runner.data.images import Grid, Header, file_digest, iter_volumes, read_header, read_volume, resample
 from runner.data.masking import MaskRule, binarise_mask, check_mask
-from runner.data.smoothing import smooth_volume
+from runner.data.smoothing import check_smoothing, smooth_volume
 from runner.data.sources import ImageRef, InputSet
 from runner.errors import RunnerError
 
@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 
 R = TypeVar("R")
 IN_MEMORY_SHARE = 0.5  # the (maps x voxels) array stays in memory while it takes at most this share of the budget
+# Largest magnitude accepted in an input map. Sums of squares over maps must stay far from float64's 1.8e308: a
+# value of 1e300 would overflow the residual variance to inf and leave maps of NaN that look like constant voxels.
+MAX_ABS_VALUE = 1e100
 TMP_PREFIX = ".tmp-"  # in a run, scratch_dir is the staging folder: a killed run's file goes with that folder
 
 
@@ -102,10 +105,14 @@ class CheckedInputs:
 def validate_inputs(inputs: InputSet, settings: DataConfig) -> CheckedInputs:
     """Check every input header (and the mask's) before any voxel is decoded; one-line RunnerError otherwise."""
     mask_header = read_header(Path(settings.mask), what="data.mask") if settings.mask else None
+    if mask_header is not None and mask_header.n_volumes > 1:
+        raise RunnerError(f"data.mask {mask_header.path} is 4D ({mask_header.n_volumes} volumes); a mask is one 3D "
+                          "image: save the volume you mean as its own file")
     grid, off_grid, headers = check_headers(inputs.images, mask_header.grid if mask_header else None,
                                             settings.resample,
                                             f"data.mask {mask_header.path}" if mask_header else None)
     reference = f"data.mask {mask_header.path}" if mask_header else str(inputs.images[0].path)
+    check_smoothing(settings.smoothing_fwhm, grid)
     if mask_header is not None:
         for index in off_grid:
             header = headers[inputs.images[index].path]
@@ -196,6 +203,7 @@ def load_group_data(inputs: InputSet, settings: DataConfig, *, n_jobs: int = 1,
 
     def scan_one(index: int, volume: np.ndarray, digest: str) -> _Scan:
         volume = prepare(index, volume)
+        check_magnitude(volume if explicit is None else volume[explicit], images[index])
         decoded = smooth_volume(volume, grid.affine, settings.smoothing_fwhm) if keep_decoded else None
         return _Scan(np.isfinite(volume), MaskRule(settings.mask_strategy, settings.mask_threshold).passes(volume),
                      volume != 0, digest, decoded)
@@ -313,6 +321,16 @@ class _MaskScan:
             more = f" ({len(self.empty) - 1} more like it)" if len(self.empty) > 1 else ""
             raise RunnerError(f"input {images[self.empty[0]]} is all zeros (or NaN){where}: an empty or failed "
                               f"first-level map? remove its row{more}")
+
+
+def check_magnitude(values: np.ndarray, ref: ImageRef) -> None:
+    """Refuse a map holding values so large that the model's sums of squares would overflow."""
+    finite = values[np.isfinite(values)]
+    largest = float(np.max(np.abs(finite))) if finite.size else 0.0
+    if largest > MAX_ABS_VALUE:
+        raise RunnerError(f"input {ref} holds values as large as {largest:.3g}; sums of squares of such values "
+                          f"overflow, so maps beyond +-{MAX_ABS_VALUE:g} are refused: rescale the map (a wrong "
+                          "scl_slope in its header?)")
 
 
 def _nan_message(ref: ImageRef, count: int) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
+from runner.errors import RunnerError
+
 FWHM_PER_SIGMA = np.sqrt(8.0 * np.log(2.0))
 
 
@@ -27,3 +29,16 @@ def smooth_volume(volume: np.ndarray, affine: np.ndarray, fwhm_mm: float | None)
         if sigma > 0:
             gaussian_filter1d(out, sigma, axis=axis, output=out)
     return out
+
+
+def check_smoothing(fwhm_mm: float | None, grid) -> None:
+    """Refuse a kernel wider than the whole field of view: it would flatten every map (and its Gaussian kernel,
+    4 sigma each side, would be allocated at that size)."""
+    if not fwhm_mm:
+        return
+    extent = np.asarray(grid.shape, dtype=float) * np.sqrt(np.sum(np.asarray(grid.affine)[:3, :3] ** 2, axis=0))
+    if fwhm_mm > extent.max():
+        field = " x ".join(f"{e:g}" for e in np.round(extent, 1))
+        raise RunnerError(f"data.smoothing_fwhm={fwhm_mm:g} mm is wider than the field of view of the data "
+                          f"({field} mm) and would flatten every map; give a FWHM below {extent.max():g} mm "
+                          "(6-8 mm is usual)")

@@ -5,12 +5,12 @@ from __future__ import annotations
 import ast
 import glob as globbing
 import logging
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
+from runner.data.patterns import MATCH_SECONDS, check_pattern, time_limit
 from runner.errors import RunnerError, did_you_mean
 
 log = logging.getLogger(__name__)
@@ -44,21 +44,52 @@ class InputSet:
                         self.notes)
 
 
-def read_table(path: Path) -> pd.DataFrame:
-    """Read a TSV (or CSV by extension) with text kept as text; BIDS ``n/a`` means missing."""
+def read_table(path: Path, key: str = "data.table") -> pd.DataFrame:
+    """Read a TSV (or CSV by extension) with text kept as text; BIDS ``n/a`` means missing.
+
+    Refuses (naming ``key`` and the file) a missing, unreadable, empty or blank file, and a header that names a
+    column twice (pandas would silently rename the second one ``age.1``).
+    """
     path = Path(path)
+    if path.is_dir():
+        raise RunnerError(f"{key} {path} is a folder; give the table file inside it")
     if not path.is_file():
-        raise RunnerError(f"data.table file {path} does not exist")
-    separator = "," if path.suffix.lower() == ".csv" else "\t"
+        if path.exists():
+            raise RunnerError(f"{key} {path} is not a regular file; give the table file itself")
+        raise RunnerError(f"{key} file {path} does not exist")
+    kind = "CSV" if path.suffix.lower() == ".csv" else "TSV"
+    separator = "," if kind == "CSV" else "\t"
     try:
         frame = pd.read_csv(path, sep=separator, na_values=["n/a", "N/A", "NA", ""], keep_default_na=False)
+        header = header_names(path, separator)
+    except pd.errors.EmptyDataError:
+        raise RunnerError(f"{key} {path} is empty (no header line); write one row of column names, then one row "
+                          "per map") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as error:
-        raise RunnerError(f"data.table {path} cannot be read as {'CSV' if separator == ',' else 'TSV'}: "
-                          f"{str(error).splitlines()[0]}") from None
+        raise RunnerError(f"{key} {path} cannot be read as {kind}: {str(error).splitlines()[0]}") from None
+    except PermissionError:
+        raise RunnerError(f"{key} {path} cannot be read (permission denied); fix the file's permissions") from None
+    except OSError as error:
+        raise RunnerError(f"{key} {path} cannot be read ({error.strerror or error})") from None
+    names = [name.strip() for name in header]
+    repeated = next((name for i, name in enumerate(names) if name in names[:i]), None)
+    if repeated is not None:
+        raise RunnerError(f"{key} {path} has two columns named {repeated!r}; rename or remove one")
     if frame.empty:
-        raise RunnerError(f"data.table {path} has no rows")
-    frame.columns = [str(c).strip() for c in frame.columns]
+        raise RunnerError(f"{key} {path} has no rows")
+    frame.columns = names
     return frame
+
+
+def header_names(path: Path, separator: str) -> list[str]:
+    """The column names of the header line as written (pandas renames repeated names, so read them ourselves)."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        for row in csv.reader(handle, delimiter=separator):
+            if any(cell.strip() for cell in row):
+                return row
+    return []
 
 
 def from_table(table_path: Path, path_column: str = "path") -> InputSet:
@@ -86,17 +117,18 @@ def from_glob(pattern: str, participants_path: Path | None = None, subject_patte
     paths = [p for p in paths if p.is_file()]
     if not paths:
         raise RunnerError(f"data.glob {pattern!r} matches no files")
-    regex = re.compile(subject_pattern)
+    regex = check_pattern(subject_pattern)
     labels = []
-    for path in paths:
-        match = regex.search(path.name) or regex.search(str(path))
+    with time_limit(MATCH_SECONDS, f"data.subject_pattern {subject_pattern!r}"):
+        matches = [regex.search(path.name) or regex.search(str(path)) for path in paths]
+    for path, match in zip(paths, matches):
         if not match:
             raise RunnerError(f"cannot find a subject label ({subject_pattern}) in file name {path}")
         labels.append(match.group(1) if match.groups() else match.group(0))
     frame = pd.DataFrame({"participant_id": [f"sub-{label}" for label in labels],
                           "path": [str(p) for p in paths]})
     if participants_path is not None:
-        participants = read_table(Path(participants_path))
+        participants = read_table(Path(participants_path), key="data.participants")
         column = subject_column or next((c for c in ("participant_id", "subject", "subject_id")
                                          if c in participants.columns), None)
         if column is None or column not in participants.columns:

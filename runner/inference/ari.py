@@ -16,7 +16,7 @@ import pandas as pd
 from scipy.stats import norm
 
 from runner.errors import RunnerError
-from runner.inference.parametric import check_alpha, finite_values
+from runner.inference.parametric import check_alpha
 from runner.space import GridSpace, Space
 from runner.space.defaults import PARAMETRIC_CONNECTIVITY as DEFAULT_CONNECTIVITY
 from runner.space.table import cluster_table, empty_cluster_table
@@ -158,9 +158,14 @@ def cluster_tdp_in_space(
     thresholds = _check_thresholds(thresholds)
     if space.n_elements == 0:
         raise RunnerError("ARI: the mask is empty")
-    z = finite_values(np.asarray(z, dtype=np.float64))
+    # elements without a statistic (NaN) are not hypotheses: never in a cluster and not counted in Hommel's m
+    z = np.asarray(z, dtype=np.float64)
+    tested = np.isfinite(z)
+    if not tested.any():
+        raise RunnerError("ARI: no voxel of the mask has a statistic")
+    z = np.where(tested, z, 0.0)
     p = norm.sf(z)
-    hommel = hommel_value(p, alpha)
+    hommel = hommel_value(p[tested], alpha)
     size_column, measure_column = space.size_columns
     columns = ["threshold", "cluster_id", size_column, "tdp", "true_discoveries", "peak_stat",
                *space.index_columns, "x", "y", "z", measure_column]
@@ -168,7 +173,7 @@ def cluster_tdp_in_space(
     tdp_values = np.zeros(space.n_elements)
     tables: list[pd.DataFrame] = []
     for threshold in thresholds:
-        labels, n_clusters = space.label(z > threshold)
+        labels, n_clusters = space.label(tested & (z > threshold))
         if n_clusters == 0:
             continue
         in_cluster = labels > 0

@@ -2,7 +2,9 @@
 
 The numbers follow nilearn's ``threshold_stats_img(height_control=...)``: thresholds are on the z scale, a
 two-sided test halves alpha and thresholds ``|z|``, and the map is later kept where ``z >= threshold``
-(see :func:`runner.inference.clusters.threshold_map`).
+(see :func:`runner.inference.clusters.threshold_map`). One difference: a voxel without a statistic (NaN z, e.g.
+zero residual variance) is not a test, so it is not counted in Bonferroni's or Benjamini-Hochberg's number of tests
+(nilearn's masker turns it into a z of 0, which counts it and makes both corrections stricter than they should be).
 """
 
 from __future__ import annotations
@@ -34,9 +36,9 @@ def check_alpha(alpha: float, name: str = "alpha") -> float:
 
 
 def finite_values(z: np.ndarray) -> np.ndarray:
-    """In-mask statistics as a 1-D float array with NaN and +-inf set to 0, as nilearn's maskers do."""
+    """The tests: in-mask statistics as a 1-D float array without NaN or +-inf (voxels without a statistic)."""
     values = np.asarray(z, dtype=np.float64).ravel()
-    return np.where(np.isfinite(values), values, 0.0)
+    return values[np.isfinite(values)]
 
 
 def fdr_threshold(z: np.ndarray, alpha: float) -> float:
@@ -49,7 +51,8 @@ def fdr_threshold(z: np.ndarray, alpha: float) -> float:
     Parameters
     ----------
     z : np.ndarray
-        z values of all tests (in-mask voxels); pass ``|z|`` with ``alpha / 2`` for a two-sided test.
+        z values of all tests (in-mask voxels; non-finite values are not tests and are left out); pass ``|z|``
+        with ``alpha / 2`` for a two-sided test.
     alpha : float
         False discovery rate, in (0, 1).
 
@@ -62,7 +65,7 @@ def fdr_threshold(z: np.ndarray, alpha: float) -> float:
     values = finite_values(z)
     n_tests = values.size
     if n_tests == 0:
-        raise RunnerError("cannot compute an FDR threshold: no in-mask values")
+        raise RunnerError("cannot compute an FDR threshold: no in-mask voxel has a statistic")
     z_descending = -np.sort(-values)
     p_ascending = norm.sf(z_descending)
     step_up_line = alpha * np.arange(1, n_tests + 1) / n_tests
@@ -76,7 +79,7 @@ def bonferroni_threshold(n_tests: int, alpha: float) -> float:
     """One-sided z threshold controlling the family-wise error over ``n_tests`` tests: ``isf(alpha / n_tests)``."""
     alpha = check_alpha(alpha)
     if n_tests < 1:
-        raise RunnerError("cannot compute a Bonferroni threshold: no in-mask values")
+        raise RunnerError("cannot compute a Bonferroni threshold: no in-mask voxel has a statistic")
     return float(norm.isf(alpha / n_tests))
 
 
@@ -88,15 +91,16 @@ def height_threshold(
 ) -> float:
     """z threshold for a voxel-level error control, as nilearn's ``threshold_stats_img``.
 
-    A two-sided test uses ``alpha / 2`` and, for FDR, the absolute z values; non-finite z values count as 0.
+    A two-sided test uses ``alpha / 2`` and, for FDR, the absolute z values; non-finite z values (voxels without
+    a statistic) are not tests: they are left out of the number of tests.
 
     Parameters
     ----------
     z : np.ndarray or None
-        In-mask z values, shape (V,). Not used (may be None) for ``"fpr"``.
+        In-mask z values, shape (V,), NaN where a voxel has no statistic. Not used (may be None) for ``"fpr"``.
     method : {"fpr", "fdr", "bonferroni"}
         ``fpr``: uncorrected p < alpha; ``fdr``: Benjamini-Hochberg q < alpha; ``bonferroni``: family-wise
-        error < alpha over the V in-mask voxels.
+        error < alpha over the in-mask voxels that have a statistic.
     alpha : float
         Error rate, in (0, 1).
     two_sided : bool

@@ -17,15 +17,37 @@ from typing import Iterator
 TMP_PREFIX = ".tmp-"
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (os.umask sets it, racing other threads)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def new_file_mode() -> int:
+    """The mode an ordinary ``open(..., "w")`` gives a new file: 0o666 minus the umask (0644 under umask 022)."""
+    return 0o666 & ~current_umask()
+
+
 @contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; on success it is renamed onto ``target``, on error removed."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix="-" + target.name, dir=target.parent)
-    os.close(fd)
     tmp_path = Path(tmp)
     try:
+        try:
+            os.fchmod(fd, new_file_mode())  # mkstemp makes 0600; outputs are for others to read, as the umask says
+        finally:
+            os.close(fd)
         yield tmp_path
         with open(tmp_path, "rb+") as handle:
             os.fsync(handle.fileno())

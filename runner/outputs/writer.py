@@ -5,15 +5,16 @@ from __future__ import annotations
 import gzip
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from runner.errors import RunnerError
+from runner.errors import RunnerError, storage_error
 from runner.outputs import naming
 from runner.outputs.atomic import sha256_file, write_atomic, write_text_atomic
 from runner.rundir import MANIFEST_FORMAT, MANIFEST_FORMAT_VERSION, MANIFEST_NAME
@@ -60,7 +61,8 @@ class OutputWriter:
 
     def __init__(self, run_dir: Path, published_dir: Path | None = None) -> None:
         self.run_dir = Path(run_dir).resolve()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with storage_errors("create", self.run_dir):
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         self.published_dir = Path(published_dir).resolve() if published_dir else self.run_dir  # where they end up
         self.entries: list[OutputEntry] = []
 
@@ -76,6 +78,9 @@ class OutputWriter:
             raise RunnerError(
                 f"two outputs would both be named {name!r}; give the contrasts names that differ "
                 "in their letters or digits")
+        if target.is_dir():
+            raise RunnerError(f"cannot write output {name}: {target} is a folder; move it away or choose another "
+                              "hydra.run.dir")
         return target
 
     def _register(self, name: str, target: Path, kind: str, **meta: Any) -> Path:
@@ -95,7 +100,8 @@ class OutputWriter:
         name = name or naming.map_name(contrast, stat, correction)
         target = self._target(name)
         payload = nifti_gz_bytes(volume, affine)
-        write_atomic(target, lambda tmp: tmp.write_bytes(payload))
+        with storage_errors(path=target):
+            write_atomic(target, lambda tmp: tmp.write_bytes(payload))
         return self._register(name, target, "map", contrast=contrast, stat=stat, correction=correction,
                               alpha=alpha, threshold=threshold, **extra)
 
@@ -105,7 +111,8 @@ class OutputWriter:
         """Write a TSV table (``n/a`` for missing values, as BIDS asks): ``[contrast-<c>_][corr-<m>_]<suffix>.tsv``."""
         name = name or naming.table_name(suffix, contrast=contrast, correction=correction)
         target = self._target(name)
-        write_atomic(target, lambda tmp: frame.to_csv(tmp, sep="\t", index=False, na_rep="n/a"))
+        with storage_errors(path=target):
+            write_atomic(target, lambda tmp: frame.to_csv(tmp, sep="\t", index=False, na_rep="n/a"))
         return self._register(name, target, kind, contrast=contrast, stat=stat, correction=correction,
                               alpha=alpha, threshold=threshold, **extra)
 
@@ -118,7 +125,8 @@ class OutputWriter:
             name += ".png"
         target = self._target(name)
         try:
-            write_atomic(target, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight"))
+            with storage_errors(path=target):
+                write_atomic(target, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight"))
         finally:
             plt.close(fig)
         return self._register(name, target, "figure", contrast=contrast, stat=stat, correction=correction,
@@ -127,7 +135,8 @@ class OutputWriter:
     def text(self, content: str, *, name: str, kind: str = "text", **extra: Any) -> Path:
         """Write a text file (config, report)."""
         target = self._target(name)
-        write_text_atomic(target, content)
+        with storage_errors(path=target):
+            write_text_atomic(target, content)
         return self._register(name, target, kind, **extra)
 
     def register_existing(self, name: str, kind: str, **meta: Any) -> Path:
@@ -148,7 +157,21 @@ class OutputWriter:
         """Write manifest.json last and atomically."""
         record = self.manifest(status, **fields)
         text = json.dumps(_jsonable(record), indent=2, sort_keys=False, allow_nan=False)
-        return write_text_atomic(self.run_dir / MANIFEST_NAME, text + "\n")
+        with storage_errors(path=self.run_dir / MANIFEST_NAME):
+            return write_text_atomic(self.run_dir / MANIFEST_NAME, text + "\n")
+
+
+@contextmanager
+def storage_errors(action: str = "write", path: Path | None = None) -> Iterator[None]:
+    """Turn the storage's refusals (full disk, file-size limit, read-only, a folder in the way) into one line
+    naming ``path`` (when the error itself names no file)."""
+    try:
+        yield
+    except OSError as error:
+        converted = storage_error(error, action, path)
+        if converted is None:
+            raise
+        raise converted from None
 
 
 def _jsonable(value: Any) -> Any:

@@ -221,7 +221,7 @@ class GridSpace:
             box = _expanded_box(boxes[cluster - 1], self.shape)
             cluster_values = np.where(labels3d[box] == cluster, values3d[box], 0.0)
             origin = np.array([s.start for s in box])
-            ijk, peak_values = _box_maxima(cluster_values, origin)
+            ijk, peak_values = box_maxima(cluster_values, origin)
             found.append((self.element_index[ijk[:, 0], ijk[:, 1], ijk[:, 2]], peak_values))
         return found
 
@@ -260,7 +260,7 @@ def _plateau_centres(values: np.ndarray, plateaus: np.ndarray, n_plateaus: int, 
     return centres
 
 
-def _box_maxima(values: np.ndarray, origin: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def box_maxima(values: np.ndarray, origin: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Plateau representatives of one cluster's values in its box (0 outside the cluster); grid indices."""
     inside = values != 0
     neighbourhood_max = ndimage.maximum_filter(values, size=3)

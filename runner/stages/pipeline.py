@@ -9,11 +9,12 @@ import yaml
 from runner.config import RunSettings
 from runner.data.loader import validate_inputs
 from runner.outputs import results
+from runner.preflight import check_analysis
 from runner.outputs.writer import OutputWriter
 from runner.stages import model as model_stage
 from runner.stages.execution import run_executor
 from runner.stages.inference import run_corrections
-from runner.stages.prepare import gather_inputs, input_files, load_with_progress, make_contrasts, make_design
+from runner.stages.prepare import gather_inputs, load_with_progress, make_contrasts, make_design
 
 
 def run_stages(settings: RunSettings, writer: OutputWriter, timings: Any, resolved: dict[str, Any],
@@ -31,7 +32,7 @@ def _stages(settings: RunSettings, writer: OutputWriter, timings: Any, resolved:
         design, inputs = make_design(settings, inputs)
         contrasts = make_contrasts(settings, design)
         checked = validate_inputs(inputs, settings.data)  # every header, before any voxel is decoded
-        fields["input_files"] = input_files(settings)
+        check_analysis(settings, design, checked.grid.shape)  # blocks, permutation memory, figure grid
     with timings.stage("load"):
         data, fields["data_cache"] = load_with_progress(inputs, settings, checked, writer.run_dir)
     fields["inputs"] = [{"path": str(ref), "sha256": data.input_sha256.get(str(ref.path))} for ref in data.inputs]

@@ -45,25 +45,6 @@ def gather_inputs(settings: RunSettings) -> InputSet:
     return inputs
 
 
-def input_files(settings: RunSettings) -> list[dict[str, str]]:
-    """The sha256 of every file the analysis reads besides the images (table, participants, mask, design matrix),
-    recorded in the manifest so that ``verify`` reports a change in one of them as a changed input."""
-    from runner.outputs.atomic import sha256_file
-
-    data = settings.data
-    table, participants = data.table, None  # as gather_inputs reads them
-    if data.glob and not data.image_4d:
-        table, participants = None, data.participants
-    elif table is None and data.demo and not data.image_4d:
-        from runner.demo.datasets import ensure_demo
-
-        table = str(ensure_demo(data.demo))
-    files = (("table", table), ("participants", participants), ("mask", data.mask),
-             ("design_matrix", settings.design.matrix))
-    return [{"role": role, "path": str(path), "sha256": sha256_file(Path(path))}
-            for role, path in files if path and Path(path).is_file()]
-
-
 def id_column(settings: RunSettings, inputs: InputSet) -> str | None:
     """The column naming rows in messages: ``data.id_column``, else participant_id / subject / subject_id."""
     if settings.data.id_column:

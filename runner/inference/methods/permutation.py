@@ -13,7 +13,7 @@ from typing import Any, Optional
 import numpy as np
 import pandas as pd
 
-from runner.checks import check, in_open_unit, one_of, positive, tfce_step
+from runner.checks import check, in_open_unit, non_negative, one_of, positive, tfce_step
 from runner.errors import RunnerError, did_you_mean
 from runner.inference.registry import ContrastInputs, InferenceMethod, register
 from runner.results import (BatchResult, MapOutput, MapViews, MethodResult, NullFigure, TableOutput,
@@ -30,7 +30,7 @@ class PermutationCorrection:
 
     alpha: float = field(default=0.05, metadata=check(in_open_unit))
     n_permutations: int = field(default=10000, metadata=check(positive))
-    seed: Optional[int] = None  # default: the run's seed
+    seed: Optional[int] = field(default=None, metadata=check(non_negative))  # default: the run's seed
     two_sided: bool = True
     method: str = field(default="freedman_lane", metadata=check(one_of("freedman_lane", "ter_braak", "manly")))
     exchangeability_blocks: Optional[str] = None  # table column

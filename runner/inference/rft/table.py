@@ -18,6 +18,8 @@ from scipy import ndimage
 
 from runner import stats
 from runner.inference import clusters
+from runner.space.base import select_peaks
+from runner.space.grid import box_maxima
 from runner.inference.rft import fwe
 from runner.inference.rft.ec_densities import StatType, check_df, check_stat_type, log_uncorrected_p
 from runner.inference.rft.resels import search_dimension
@@ -71,8 +73,10 @@ def _peaks_of_cluster(values3d: np.ndarray, member: np.ndarray, affine: np.ndarr
     box = tuple(slice(max(b.start - 1, 0), min(b.stop + 1, n)) for b, n in zip(bounds, member.shape, strict=True))
     local = np.where(member[box], values3d[box], 0.0)
     origin = np.array([s.start for s in box])
-    ijk, peak_values = clusters.local_maxima(local, origin)
-    return clusters.select_peaks(ijk, peak_values, affine, min_distance, max_peaks, strict_min_distance=True)
+    ijk, peak_values = box_maxima(local, origin)
+    xyz = (np.asarray(affine, dtype=float) @ np.c_[ijk, np.ones(len(ijk))].T).T[:, :3]
+    kept = select_peaks(xyz, peak_values, min_distance, max_peaks, strict_min_distance=True)
+    return ijk[kept], peak_values[kept]
 
 
 def cluster_table(
