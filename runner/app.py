@@ -44,7 +44,8 @@ class Timings(dict):
             self[name] = round(self.get(name, 0.0) + time.perf_counter() - start, 4)
 
 
-EXECUTION_KEYS = ("overwrite", "resume", "progress", "n_jobs", "cache", "cache_dir", "cache_max_gb", "hydra")
+EXECUTION_KEYS = ("overwrite", "resume", "progress", "n_jobs", "cache", "cache_dir", "cache_max_gb", "executor",
+                  "hydra")
 
 
 def config_hash(resolved: dict[str, Any]) -> str:

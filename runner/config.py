@@ -85,6 +85,35 @@ class ContrastConfig:
 
 
 @dataclass
+class ExecutorConfig:
+    """Where the voxel loop and the permutations run: local threads, or Dask workers (issue 13).
+
+    ``engine: dask`` connects to ``address`` when it is set, else starts a cluster for the run: ``cluster: local``
+    (a ``LocalCluster`` on this machine) or ``slurm`` / ``pbs`` (dask-jobqueue, one job per ``n_workers``).
+    """
+
+    engine: str = field(default="local", metadata=check(one_of("local", "dask")))
+    address: Optional[str] = None  # scheduler of a running Dask cluster, e.g. tcp://10.0.0.5:8786
+    cluster: str = field(default="local", metadata=check(one_of("local", "slurm", "pbs")))
+    n_workers: Optional[int] = field(default=None, metadata=check(positive))  # null: the run's n_jobs
+    threads_per_worker: int = field(default=1, metadata=check(positive))
+    processes: bool = True  # local cluster: worker processes (false: threads of this process)
+    memory_limit: str = "auto"  # per worker, e.g. "4GB"; "auto": the machine's memory shared by the workers
+    retries: int = field(default=3, metadata=check(non_negative))  # resubmissions of a task that raised
+    connect_timeout: float = field(default=20.0, metadata=check(positive))  # seconds to reach the scheduler
+    dashboard_address: str = ":0"  # where the dashboard listens (":0": any free port)
+    share_files: bool = True  # memory-mapped data travel to workers as a file name (workers see the same files)
+    # batch clusters (dask-jobqueue): one job per worker
+    queue: Optional[str] = None  # SLURM partition / PBS queue
+    account: Optional[str] = None
+    walltime: str = "01:00:00"
+    cores: int = field(default=1, metadata=check(positive))  # per job
+    memory: str = "4GB"  # per job
+    job_extra: list[str] = field(default_factory=list)  # extra #SBATCH / #PBS directives, e.g. ["--qos=long"]
+    local_directory: Optional[str] = None  # workers' scratch (node-local disk)
+
+
+@dataclass
 class RunSettings:
     """Everything a run needs, typed and validated.
 
@@ -94,8 +123,9 @@ class RunSettings:
 
     data: DataConfig = field(default_factory=DataConfig)
     design: DesignConfig = field(default_factory=DesignConfig)
-    correction: dict[str, Any] = field(default_factory=dict)
     model: ModelConfig = field(default_factory=ModelConfig)
+    correction: dict[str, Any] = field(default_factory=dict)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     name: str = "analysis"  # experiment folder under output_root
     contrasts: list[ContrastConfig] = field(default_factory=list)
     seed: int = 0
@@ -111,7 +141,7 @@ class RunSettings:
     cache_max_gb: float = 5.0  # size cap of the data cache (least recently used entries are evicted)
 
 
-GROUPS = ("data", "design", "correction", "model")  # config groups: one option file per choice under conf/<group>/
+GROUPS = ("data", "design", "correction", "model", "executor")  # config groups: one option file each
 TOP_LEVEL_KEYS = {f.name for f in dataclasses.fields(RunSettings)} | {"experiment", "hydra"}
 
 
@@ -139,7 +169,7 @@ def recorded_config(settings: RunSettings, resolved: dict[str, Any]) -> dict[str
     (and one config hash) whether a number was typed as 6 or 6.0.
     """
     out = dict(resolved)
-    for group in ("data", "design", "model"):
+    for group in ("data", "design", "model", "executor"):
         if isinstance(out.get(group), dict):
             typed = dataclasses.asdict(getattr(settings, group))
             out[group] = {k: typed.get(k, v) for k, v in out[group].items()}
@@ -174,8 +204,11 @@ def build_settings(config: Any) -> RunSettings:
     correction = _corrections(config.get("correction"))
     model = convert(ModelConfig, config.get("model") or {}, "model")
     _check_mixed_effects(model, data, correction)
-    top = {k: v for k, v in config.items() if k not in ("data", "design", "contrasts", "correction", "model")}
+    executor = convert(ExecutorConfig, config.get("executor") or {}, "executor")
+    top = {k: v for k, v in config.items()
+           if k not in ("data", "design", "contrasts", "correction", "model", "executor")}
     settings = RunSettings(data=data, design=design, contrasts=contrasts, correction=correction, model=model,
+                           executor=executor,
                            **{k: _coerce(f"{k}", v, _field_types(RunSettings)[k]) for k, v in top.items()})
     if settings.n_jobs < 1:
         raise RunnerError(f"n_jobs must be >= 1, got {settings.n_jobs}")
@@ -183,6 +216,8 @@ def build_settings(config: Any) -> RunSettings:
     if settings.memory_budget_gb is not None:
         positive("memory_budget_gb", settings.memory_budget_gb)
     positive("cache_max_gb", settings.cache_max_gb)
+    if executor.engine != "dask" and executor.address:
+        raise RunnerError(f"executor.address={executor.address} is a Dask scheduler: add executor=dask")
     sources = [k for k in ("demo", "table", "glob", "root") if getattr(data, k)]
     if data.image_4d is None and not sources:
         raise RunnerError("no input data: set data.table, data.glob, data.image_4d, data.root (BIDS) or data.demo")

@@ -34,13 +34,15 @@ def register_schemas() -> None:
     """
     from hydra.core.config_store import ConfigStore
 
-    from runner.config import DataConfig, DesignConfig, ModelConfig, correction_schemas, run_defaults, schema_defaults
+    from runner.config import (DataConfig, DesignConfig, ExecutorConfig, ModelConfig, correction_schemas, run_defaults,
+                               schema_defaults)
 
     store = ConfigStore.instance()
     store.store(group="schema", name="run", node=run_defaults())
     store.store(group="schema", name="data", node=schema_defaults(DataConfig))
     store.store(group="schema", name="design", node=schema_defaults(DesignConfig))
     store.store(group="schema", name="model", node=schema_defaults(ModelConfig))
+    store.store(group="schema", name="executor", node=schema_defaults(ExecutorConfig))
     with_yaml = yaml_options("correction")
     for method, schema in correction_schemas().items():
         store.store(group="schema/correction", name=method, node={method: schema_defaults(schema)})

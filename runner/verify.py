@@ -261,7 +261,9 @@ def rerun(run_dir: Path, into: Path, recorded: dict[str, Any]) -> dict[str, Any]
     cwd = Path(recorded["cwd"]) if isinstance(recorded.get("cwd"), str) and recorded["cwd"] else None
     config = absolute_input_paths(_read_config(config_path), cwd)
     config.update(cache=False, overwrite=False, resume=False, progress=False)
-    settings = build_settings(config)
+    # on local threads: a recorded Dask scheduler or batch cluster belonged to that run, and the executor does not
+    # change the results; config.yaml is still written as recorded
+    settings = build_settings({**config, "executor": {}})
     overrides = recorded.get("overrides")
     app.run(settings, into, resolved_config=config,
             overrides=[str(o) for o in overrides] if isinstance(overrides, list) else None)

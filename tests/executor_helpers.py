@@ -47,3 +47,32 @@ class PicklingExecutor:
             if progress is not None:
                 progress(task.weight)
             yield result
+
+
+def die_once(flag: str, function: Any, *arguments: Any) -> Any:
+    """Kill this worker process the first time any task runs (the one that creates ``flag``); run normally after."""
+    import os
+
+    try:
+        os.close(os.open(flag, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return function(*arguments)
+    os._exit(1)
+
+
+class KillingExecutor:
+    """Wraps an executor so that the first task to start kills its worker process (a node lost mid-run)."""
+
+    def __init__(self, executor: Any, flag: str) -> None:
+        self.executor, self.flag = executor, flag
+
+    @property
+    def n_workers(self) -> int:
+        return self.executor.n_workers
+
+    def share(self, value: Any) -> Any:
+        return self.executor.share(value)
+
+    def map(self, tasks: Iterable[Task], progress: Progress | None = None) -> Iterator[Any]:
+        wrapped = (Task(die_once, (self.flag, task.function, *task.arguments), task.weight) for task in tasks)
+        return self.executor.map(wrapped, progress)

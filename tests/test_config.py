@@ -11,10 +11,10 @@ import pytest
 import yaml
 
 from conftest import CONF, compose
-from runner.config import (GROUPS, DataConfig, DesignConfig, ModelConfig, build_settings, correction_schemas, run_defaults,
-                           schema_defaults)
+from runner.config import (GROUPS, DataConfig, DesignConfig, ExecutorConfig, ModelConfig, build_settings,
+                           correction_schemas, run_defaults, schema_defaults)
 
-GROUP_SCHEMAS = {"data": DataConfig, "design": DesignConfig, "model": ModelConfig}
+GROUP_SCHEMAS = {"data": DataConfig, "design": DesignConfig, "model": ModelConfig, "executor": ExecutorConfig}
 
 
 def _load(path: Path) -> dict[str, Any]:

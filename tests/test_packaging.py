@@ -66,6 +66,9 @@ def _imported_modules():
 # Import names that differ from their distribution's name on PyPI; anything else is imported under its own name.
 IMPORT_TO_DISTRIBUTION = {"yaml": "PyYAML", "hydra": "hydra-core", "sklearn": "scikit-learn", "PIL": "Pillow",
                           "bids": "pybids"}
+# Modules of optional extras: imported only inside functions that turn their absence into one RunnerError
+# (runner.execution.dask); module -> (extra, distribution declared in it).
+OPTIONAL_IMPORTS = {"distributed": ("dask", "dask"), "dask_jobqueue": ("dask", "dask-jobqueue")}
 
 
 def _runtime_imports() -> dict[str, set[str]]:
@@ -97,6 +100,11 @@ def test_every_third_party_module_the_runtime_imports_is_a_declared_dependency()
     third_party = sorted(m for m in imports if m not in sys.stdlib_module_names and m not in ("runner", "__future__"))
     assert {"numpy", "numba", "llvmlite", "yaml", "threadpoolctl"} <= set(third_party)  # the walk finds imports
     for module in third_party:
+        if module in OPTIONAL_IMPORTS:
+            extra, distribution = OPTIONAL_IMPORTS[module]
+            in_extra = {_requirement_name(r) for r in _pyproject()["project"]["optional-dependencies"][extra]}
+            assert distribution in in_extra, f"{module} is not declared in the {extra} extra"
+            continue
         distribution = _requirement_name(IMPORT_TO_DISTRIBUTION.get(module, module))
         assert distribution in declared, f"{module} (imported by {sorted(imports[module])}) is not declared"
 

@@ -33,6 +33,10 @@ COMPOSE_ONLY = {
     "hydra/launcher=slurm_example": "needs a SLURM cluster; its overrides are composed (each sweep at its first "
                                     "value, as the runner checks a command line) and the launcher must be SLURM's",
 }
+COMPOSE_EXECUTOR = {  # need a Dask scheduler or a batch system: composed, the settings must select Dask
+    "executor.address=tcp://10.0.0.5:8786": "needs a running Dask scheduler",
+    "executor=slurm_example": "needs a SLURM cluster",
+}
 FAILING = {  # deliberately failing examples: exit code 2 and the one-line message their comment shows
     "data.smothing_fwhm=3": "a typo in a key",
     "design.formula=age + fluency": "an override the shell splits at its spaces",
@@ -63,7 +67,7 @@ def _listed(command: str, table: dict[str, str]) -> str | None:
 def test_every_listed_exception_names_exactly_one_documented_command():
     commands = [c for d in DOCUMENTS for c in documented_commands(d)]
     assert len(commands) >= 15
-    for table in (NOT_RUN, COMPOSE_ONLY, FAILING):
+    for table in (NOT_RUN, COMPOSE_ONLY, COMPOSE_EXECUTOR, FAILING):
         for key in table:
             assert sum(key in c.split("#")[0] for c in commands) == 1, key
     assert all(c.startswith(("python ", "make ", "source ", "mkdir ")) for c in commands), commands
@@ -113,6 +117,8 @@ def _check(command: str, copy: Path, env: dict[str, str]) -> str | None:
         return None if re.search(r"^VENV\s*\?=\s*\.venv\s*$", makefile, flags=re.M) else "the venv is not .venv"
     if _listed(command, COMPOSE_ONLY) is not None:
         return _compose_sweep(command)
+    if _listed(command, COMPOSE_EXECUTOR) is not None:
+        return _compose_executor(command)
     result = _bash(command, copy, env)
     if _listed(command, FAILING) is not None:
         expected = command.split("# ", 1)[1].strip()
@@ -123,6 +129,19 @@ def _check(command: str, copy: Path, env: dict[str, str]) -> str | None:
     if result.returncode != 0 or "Traceback" in result.stderr:
         return f"exit {result.returncode}: {result.stderr[-3000:]}"
     return None
+
+
+def _compose_executor(command: str) -> str | None:
+    """Build a single run's settings from its command line; its executor must be Dask."""
+    import shlex
+
+    from conftest import CONF
+    from runner.prevalidate import prevalidate
+
+    words = shlex.split(command, comments=True)
+    assert words[:3] == ["python", "-m", "runner"], words
+    settings = prevalidate(words[3:], str(CONF))
+    return None if settings is not None and settings.executor.engine == "dask" else "the executor is not Dask"
 
 
 def _compose_sweep(command: str) -> str | None:

@@ -30,13 +30,15 @@ BUILTIN_MODULES = ("runner.inference.methods.height", "runner.inference.methods.
 
 @dataclass(frozen=True)
 class ContrastInputs:
-    """Everything a method may read for one contrast: the data, the design, the contrast, its fit, the run settings."""
+    """Everything a method may read for one contrast: the data, the design, the contrast, its fit, the run settings,
+    and the run's executor for loops over independent work (None: the method's own local threads)."""
 
     data: "GroupData"
     design: "Design"
     contrast: "Contrast"
     fit: "ContrastResult"
     settings: "RunSettings"
+    executor: Any = None
 
 
 # run(inputs, {method name: validated parameters}) -> BatchResult with one MethodResult per method named.

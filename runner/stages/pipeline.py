@@ -13,6 +13,7 @@ from runner.outputs import bids_derivative, results
 from runner.preflight import check_analysis
 from runner.outputs.writer import OutputWriter
 from runner.stages import model as model_stage
+from runner.stages.execution import run_executor
 from runner.stages.inference import run_corrections
 from runner.stages.prepare import gather_inputs, load_with_progress, make_contrasts, make_design, table_source
 
@@ -20,6 +21,12 @@ from runner.stages.prepare import gather_inputs, load_with_progress, make_contra
 def run_stages(settings: RunSettings, writer: OutputWriter, timings: Any, resolved: dict[str, Any],
                fields: dict[str, Any]) -> dict[str, Any]:
     """Run every stage into ``writer``; fill the manifest ``fields`` as facts become known; return the summary."""
+    with run_executor(settings) as executor:  # before any data are read; closed however the run ends
+        return _stages(settings, writer, timings, resolved, fields, executor)
+
+
+def _stages(settings: RunSettings, writer: OutputWriter, timings: Any, resolved: dict[str, Any],
+            fields: dict[str, Any], executor: Any) -> dict[str, Any]:
     writer.text(yaml.safe_dump(resolved, sort_keys=False), name="config.yaml", kind="config")
     writer.json(bids_derivative.dataset_description(settings.name), name=bids_derivative.DESCRIPTION_NAME,
                 kind="description")  # the run folder is a BIDS derivative dataset
@@ -42,14 +49,14 @@ def run_stages(settings: RunSettings, writer: OutputWriter, timings: Any, resolv
         if settings.model.kind == "mfx":
             fitted = _fit_mixed_effects(settings, writer, data, variance_refs, design, contrasts, fields)
         else:
-            fitted = model_stage.fit(settings, data, design, contrasts)
+            fitted = model_stage.fit(settings, data, design, contrasts, executor)
     fields["dof"] = {c.name: fitted[c.name].dof for c in contrasts}
     with timings.stage("maps"):
         fields["notes"].extend(results.write_contrast_maps(writer, data, contrasts, fitted))
         if settings.report:
             for contrast in contrasts:
                 results.write_covariate_figure(writer, data, design, contrast, fitted[contrast.name])
-    summary, notes = run_corrections(writer, settings, data, design, contrasts, fitted, timings)
+    summary, notes = run_corrections(writer, settings, data, design, contrasts, fitted, timings, executor)
     fields["notes"].extend(notes)
     if settings.report:
         with timings.stage("report"):

@@ -142,7 +142,7 @@ def run_permutation(inputs: ContrastInputs, params_by_method: dict[str, Any]) ->
         log.info("contrast %s: permutation inference (%s), %d permutations requested", contrast.name,
                  ", ".join(names), options.n_permutations)
         space = data.surface.space if data.surface is not None else data.mask  # a mesh is its own graph
-        outcome = permutation_inference(data.Y, X, contrast.matrix, space, names, options)
+        outcome = permutation_inference(data.Y, X, contrast.matrix, space, names, options, executor=inputs.executor)
         if data.surface is not None and "tfce" in names and options.tfce_E != TFCE_E_SURFACE:
             batch.notes.append(f"contrast {contrast.name}: TFCE on the surface with E = {options.tfce_E:g}; "
                                f"E = {TFCE_E_SURFACE:g}, H = {TFCE_H_SURFACE:g} are the usual surface setting "

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from runner.chunks import release_pages
 from runner.inference.permutation.model import PermutationModel
 from runner.inference.permutation.pvalues import tie_reference
 from runner.inference.permutation.scores import (
@@ -108,6 +109,7 @@ def maxt_block(work: BlockWork, first: int, last: int) -> dict[str, np.ndarray]:
             )
         np.maximum(maxima, chunk_max, out=maxima)
         exceedances[v0:v1] += chunk_exceed
+        release_pages(work.data)  # a memory-mapped store: hold one chunk's pages at a time
     return {"maxt": maxima, "exceedances": exceedances}
 
 

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from runner.chunks import release_pages
 from runner.errors import RunnerError, did_you_mean
 from runner.execution import Executor, LocalExecutor, ProgressReporter, Task, resolve_workers
 from runner.inference.permutation.blocks import (
@@ -97,6 +98,15 @@ def _validate(
     return methods
 
 
+def _all_finite(Y: np.ndarray, chunk: int = 4096) -> bool:
+    """No NaN or infinity in ``Y``, checked voxel chunk by chunk (a memory-mapped store stays on disk)."""
+    for v0 in range(0, Y.shape[1], chunk):
+        if not np.isfinite(Y[:, v0 : v0 + chunk]).all():
+            return False
+        release_pages(Y)
+    return True
+
+
 def permutation_inference(
     Y: np.ndarray,
     X: np.ndarray,
@@ -136,7 +146,7 @@ def permutation_inference(
     if design.ndim == 1:
         design = design[:, None]
     methods = _validate(Y, design, mask, methods, options)
-    if not np.all(np.isfinite(Y)):
+    if not _all_finite(Y):
         raise RunnerError("the data contain NaN or infinite values inside the mask")
     if options.block_size is not None and int(options.block_size) < 1:
         raise RunnerError(f"block_size must be a positive number of permutations, got {options.block_size}")
@@ -203,6 +213,7 @@ def permutation_inference(
             continue
         _, observed_data = residualise(Y[:, v0 : v0 + chunk], model, options.method)
         signed[v0 : v0 + chunk] = observed_scores(observed_data, model, map_mode)
+        release_pages(Y)
     observed = np.abs(signed) if mode == "abs" else signed
     stat = signed.copy() if kernel is not None else scores_to_statistics(signed, model, map_mode)
     excluded = np.isnan(observed)
