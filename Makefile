@@ -25,9 +25,9 @@ install-test: $(VENV)/.installed-test
 run: $(VENV)/.installed
 	$(PY) -m runner overwrite=true $(ARGS)
 
-## Install the test extras and run the test suite.
+## Install the test extras and run the test suite (two processes, one per core; each test file stays in one).
 test: $(VENV)/.installed-test
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q -n 2 --dist loadfile $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
