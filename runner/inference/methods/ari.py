@@ -25,51 +25,14 @@ class AriCorrection:
 
 
 def run_ari(inputs: ContrastInputs, params_by_method: dict[str, Any]) -> BatchResult:
-    """The TDP map (signed when two-sided) and the cluster table of one contrast."""
+    """The TDP map (signed when two-sided) and the cluster table of one contrast, on the data's Space (the grid's
+    face-connected clusters, or the mesh's triangle edges). Elements without a statistic (NaN) are not tests."""
     from runner.inference import ari
 
     (method, params), = params_by_method.items()
     data, contrast, result = inputs.data, inputs.contrast, inputs.fit
-    z = np.where(np.isfinite(result.z), result.z, 0.0)
+    z = np.asarray(result.z, dtype=np.float64)
     signs = [1.0, -1.0] if effective_two_sided(result.stat_type, params.two_sided) else [1.0]
-    if data.surface is not None:
-        return _run_ari_on_mesh(inputs, method, params, z, signs)
-    tables, tdp_total = [], np.zeros(data.mask.shape)
-    for sign in signs:
-        tdp3d, table = ari.cluster_tdp(data.unmask(sign * z), data.mask, params.thresholds, params.alpha,
-                                       affine=data.affine)
-        tdp_total = np.where(tdp3d > 0, sign * tdp3d, tdp_total) if sign < 0 else tdp3d
-        tables.append(table.assign(sign="positive" if sign > 0 else "negative"))
-    table = pd.concat(tables, ignore_index=True)
-    tdp = tdp_total[data.mask]
-    inside = tdp_total != 0
-    z3d = data.unmask(z)
-    peak_index = np.unravel_index(int(np.argmax(np.where(inside, np.abs(z3d), -1.0))), z3d.shape)
-    meta = dict(alpha=params.alpha)
-    outputs = [
-        MapOutput(tdp, stat="tdp", correction=method, meta=dict(meta, thresholds=list(params.thresholds))),
-        TableOutput(table, suffix="clusters", kind="clusters", stat="tdp", correction=method, meta=meta),
-        # a TDP is a proportion: the colour scale ends at 1 (-1 for the negative tail), not at the map's max
-        MapViews(tdp, stat="tdp", correction=method, threshold=None,
-                 title=f"{contrast.name}: true-discovery proportion (ARI, alpha={params.alpha:g})",
-                 cut_coords_mm=table_peak(table), vmax=1.0),
-    ]
-    threshold = float(min(params.thresholds))
-    per_threshold = clusters_per_threshold(table, params.thresholds)
-    summary = {"threshold": threshold, "n_voxels": int(np.count_nonzero(tdp_total)),
-               "n_clusters": per_threshold[_threshold_key(threshold)], "n_clusters_per_threshold": per_threshold,
-               "peak": float(z3d[peak_index]) if inside.any() else 0.0,
-               "max_tdp": float(np.max(np.abs(tdp_total))) if tdp_total.size else 0.0, "alpha": params.alpha,
-               "threshold_text": f"z ≥ {format_number(threshold, 3)} (cluster-forming)"}
-    return BatchResult({method: MethodResult(method, outputs, summary)})
-
-
-def _run_ari_on_mesh(inputs: ContrastInputs, method: str, params: Any, z: np.ndarray,
-                     signs: list[float]) -> BatchResult:
-    """ARI on the mesh's clusters (edges of the triangles), the same outputs as on a grid."""
-    from runner.inference import ari
-
-    data, contrast = inputs.data, inputs.contrast
     tables, tdp = [], np.zeros(z.shape)
     for sign in signs:
         tdp_sign, table = ari.cluster_tdp_in_space(data.space, sign * z, params.thresholds, params.alpha)
@@ -81,16 +44,17 @@ def _run_ari_on_mesh(inputs: ContrastInputs, method: str, params: Any, z: np.nda
     outputs = [
         MapOutput(tdp, stat="tdp", correction=method, meta=dict(meta, thresholds=list(params.thresholds))),
         TableOutput(table, suffix="clusters", kind="clusters", stat="tdp", correction=method, meta=meta),
+        # a TDP is a proportion: the colour scale ends at 1 (-1 for the negative tail), not at the map's max
         MapViews(tdp, stat="tdp", correction=method, threshold=None,
                  title=f"{contrast.name}: true-discovery proportion (ARI, alpha={params.alpha:g})",
                  cut_coords_mm=table_peak(table), vmax=1.0),
     ]
     threshold = float(min(params.thresholds))
     per_threshold = clusters_per_threshold(table, params.thresholds)
+    peak = float(z[np.argmax(np.where(inside, np.abs(np.nan_to_num(z)), -1.0))]) if inside.any() else 0.0
     summary = {"threshold": threshold, "n_voxels": int(np.count_nonzero(tdp)),
                "n_clusters": per_threshold[_threshold_key(threshold)], "n_clusters_per_threshold": per_threshold,
-               "peak": float(z[np.argmax(np.where(inside, np.abs(z), -1.0))]) if inside.any() else 0.0,
-               "max_tdp": float(np.max(np.abs(tdp))) if tdp.size else 0.0, "alpha": params.alpha,
+               "peak": peak, "max_tdp": float(np.max(np.abs(tdp))) if tdp.size else 0.0, "alpha": params.alpha,
                "threshold_text": f"z ≥ {format_number(threshold, 3)} (cluster-forming)"}
     return BatchResult({method: MethodResult(method, outputs, summary)})
 
