@@ -14,9 +14,19 @@ CONF = REPO / "conf"
 
 
 @pytest.fixture(scope="session", autouse=True)
-def demo_cache(tmp_path_factory) -> Path:
-    """Demo datasets are generated once per test session into a private cache (never the user's)."""
-    root = Path(os.environ.get("RUNNER_TEST_DEMO_DIR") or tmp_path_factory.mktemp("demo-cache"))
+def demo_cache(tmp_path_factory, worker_id) -> Path:
+    """Demo datasets are generated once per test session into a private cache (never the user's).
+
+    The pytest-xdist workers of one session share it (the parent of their base temporary folders); ``ensure_demo``
+    generates under a lock, so each dataset is made once, not once per worker.
+    """
+    if os.environ.get("RUNNER_TEST_DEMO_DIR"):
+        root = Path(os.environ["RUNNER_TEST_DEMO_DIR"])
+    elif worker_id == "master":
+        root = tmp_path_factory.mktemp("demo-cache")
+    else:
+        root = tmp_path_factory.getbasetemp().parent / "shared-demo-cache"
+        root.mkdir(exist_ok=True)
     os.environ["RUNNER_DEMO_DIR"] = str(root)
     os.environ["RUNNER_TEST_DATA_CACHE"] = str(tmp_path_factory.mktemp("data-cache"))
     return root
