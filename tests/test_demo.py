@@ -145,7 +145,9 @@ def test_regeneration_is_bit_identical(cache_root: Path, tmp_path: Path) -> None
 def test_small_generation_is_bit_identical_and_seed_dependent(
     name: str, size_constant: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(datasets, size_constant, 4)  # same code path, fewer subjects
+    from runner.demo import vbm
+
+    monkeypatch.setattr(vbm if name == "vbm" else datasets, size_constant, 4)  # same code path, fewer subjects
     generate = DEMO_DATASETS[name].generate
     for folder, seed in (("first", 1), ("second", 1), ("other", 2)):
         generate(tmp_path / folder, seed)
