@@ -96,6 +96,18 @@ def test_every_file_is_on_the_mask_grid(cache_root: Path, name: str) -> None:
     assert description["DemoName"] == name and description["Seed"] == DEMO_DATASETS[name].seed
     assert set(description["PlantedEffects"]) == {f"truth_{e}.nii.gz" for e in EXPECTED_TRUTH[name]}
     assert not list(cache_root.glob(".*.tmp")), "a temporary generation folder was left behind"
+    if name != "vbm":  # grey-matter density is legitimately 0 (clipped); effect maps are never exactly 0 in the brain
+        _, maps = load_maps(table_path)
+        assert (maps != 0).all(), "an exact 0 inside the brain punches a hole in every automatic mask"
+
+
+def test_quantize_keeps_small_values_non_zero_with_their_sign() -> None:
+    from runner.demo.simulate import quantize
+
+    step = 2.0**-6
+    values = np.array([0.0, 1e-9, -1e-9, 0.49 * step, -0.49 * step, 0.51 * step, 3.3 * step, -7.6 * step])
+    expected = np.array([0.0, step, -step, step, -step, step, 3 * step, -8 * step], dtype=np.float32)
+    np.testing.assert_array_equal(quantize(values, 6), expected)
 
 
 def test_localizer_table_and_participants(cache_root: Path) -> None:
@@ -145,7 +157,9 @@ def test_regeneration_is_bit_identical(cache_root: Path, tmp_path: Path) -> None
 def test_small_generation_is_bit_identical_and_seed_dependent(
     name: str, size_constant: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(datasets, size_constant, 4)  # same code path, fewer subjects
+    from runner.demo import vbm
+
+    monkeypatch.setattr(vbm if name == "vbm" else datasets, size_constant, 4)  # same code path, fewer subjects
     generate = DEMO_DATASETS[name].generate
     for folder, seed in (("first", 1), ("second", 1), ("other", 2)):
         generate(tmp_path / folder, seed)

@@ -238,13 +238,15 @@ def test_report_shows_every_row_of_every_cluster_table(complex_run):
             if "size_voxels" in header and pd.notna(expected["size_voxels"]):
                 assert float(shown[5].replace(",", "")) == expected["size_voxels"]
                 assert float(shown[6].replace(",", "")) == pytest.approx(expected["size_mm3"])
-    assert n_empty == 1  # fluency with FDR: nothing survives
+    assert n_empty >= 1  # the empty-table path is exercised (fluency with FDR: nothing survives)
 
 
 def test_empty_cluster_table_says_no_clusters_survive(complex_run):
     text, page = parse(complex_run / "report.html")
-    (empty,) = [e for e in outputs(complex_run, "clusters") if read_clusters(complex_run / e["path"]).empty]
-    assert empty["path"] in page.empty_tables
+    empties = [e for e in outputs(complex_run, "clusters") if read_clusters(complex_run / e["path"]).empty]
+    assert empties
+    for empty in empties:
+        assert empty["path"] in page.empty_tables
     assert "No clusters survive this threshold." in text
     assert "none reachable" in page.text_of("summary")
 
@@ -271,7 +273,9 @@ def test_slices_cut_through_the_peak_listed_first_in_the_cluster_table(complex_r
         caption = next(c for c in page.figcaptions if slices["path"] in c)
         assert "at x = {:g}, y = {:g}, z = {:g} mm".format(*first[["x", "y", "z"]]) in caption
         checked += 1
-    assert checked == 5
+    n_tables = len(outputs(complex_run, "clusters"))
+    n_empty = sum(read_clusters(complex_run / e["path"]).empty for e in outputs(complex_run, "clusters"))
+    assert checked == n_tables - n_empty >= 3
 
 
 def test_report_shows_config_inputs_design_and_contrast_weights(complex_run):

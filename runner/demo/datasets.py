@@ -29,7 +29,7 @@ import pandas as pd
 from runner.demo.simulate import Blob, blob_map, quantize, smooth_noise
 from runner.demo.surface import generate_surface
 from runner.errors import RunnerError, did_you_mean
-from runner.resources import mni_gray_matter, mni_mask
+from runner.resources import mni_mask
 
 TABLE_NAME = "table.tsv"
 PARTICIPANTS_NAME = "participants.tsv"
@@ -290,107 +290,17 @@ def generate_paired(out_dir: Path, seed: int) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# vbm: grey-matter maps with atrophy, a sex difference and head-size scaling
-
-VBM_SUBJECTS = 100
-VBM_AGE_RANGE = (20.0, 90.0)
-VBM_AGE_CENTER = 55.0
-VBM_TIV_MEAN_ML = {"F": 1350.0, "M": 1500.0}
-VBM_TIV_SD_ML = 110.0
-VBM_TIV_REFERENCE_ML = 1425.0
-VBM_TIV_GAIN = 0.5  # relative change of grey matter per relative change of TIV
-# Grey-matter change per year, relative to the template's grey-matter probability.
-VBM_AGE_BLOBS = [
-    Blob("left hippocampus", (-27.0, -21.0, -12.0), 6.0, -0.004),
-    Blob("right hippocampus", (27.0, -21.0, -12.0), 6.0, -0.004),
-    Blob("medial prefrontal", (0.0, 48.0, 6.0), 8.0, -0.003),
-]
-# Male minus female, relative to the template's grey-matter probability.
-VBM_SEX_BLOBS = [Blob("left posterior cerebellum", (-24.0, -72.0, -36.0), 7.0, 0.12)]
-VBM_NOISE_FWHM_MM = 8.0
+# vbm and mixed live in their own modules (they use the file helpers above)
 
 
-def generate_vbm(out_dir: Path, seed: int) -> None:
-    """Grey-matter maps of 100 adults built from the bundled template's grey-matter probability.
+def _generate_vbm(out_dir: Path, seed: int) -> None:
+    from runner.demo.vbm import generate_vbm
 
-    gm_i = clip(template * (1 + 0.5 * (tiv_i / 1425 - 1)) + (age_i - 55) * age + (male_i - 1/2) * sex
-                + noise, 0, 1)
-
-    Parameters
-    ----------
-    out_dir : Path
-        Empty or new folder to write into.
-    seed : int
-        Seed of the only random generator used.
-    """
-    rng = np.random.default_rng(seed)
-    mask, affine = _grid()
-    template = np.where(mask, np.asarray(mni_gray_matter(RESOLUTION_MM).dataobj, dtype=np.float64), 0.0)
-    n = VBM_SUBJECTS
-    subjects = _subject_labels(n)
-
-    age = np.round(rng.uniform(*VBM_AGE_RANGE, size=n), 1)
-    sex = rng.choice(np.array(["F", "M"]), size=n)
-    tiv_mean = np.array([VBM_TIV_MEAN_ML[s] for s in sex])
-    tiv = np.round(tiv_mean + VBM_TIV_SD_ML * rng.standard_normal(n)).astype(int)
-
-    truth_age = template * blob_map(VBM_AGE_BLOBS, mask, affine)
-    truth_sex = template * blob_map(VBM_SEX_BLOBS, mask, affine)
-    truth_tiv = template * VBM_TIV_GAIN / VBM_TIV_REFERENCE_ML
-    noise_scale = 0.01 + 0.05 * template  # tissue variability grows with grey-matter content
-
-    rows = []
-    for i, subject in enumerate(subjects):
-        noise = noise_scale * smooth_noise(rng, mask.shape, affine, VBM_NOISE_FWHM_MM)
-        density = (
-            template
-            + (tiv[i] - VBM_TIV_REFERENCE_ML) * truth_tiv
-            + (age[i] - VBM_AGE_CENTER) * truth_age
-            + (float(sex[i] == "M") - 0.5) * truth_sex
-            + noise
-        )
-        density = np.where(mask, np.clip(density, 0.0, 1.0), 0.0)
-        path = f"{subject}/{subject}_space-{SPACE}_res-{RESOLUTION_MM}_label-GM_probseg.nii.gz"
-        save_map(quantize(density, GRAY_MATTER_STEP_EXPONENT), affine, out_dir / path)
-        rows.append({"subject": subject, "path": path, "age": age[i], "sex": sex[i], "tiv": tiv[i]})
-
-    table = pd.DataFrame(rows)
-    save_table(table, out_dir / TABLE_NAME)
-    save_table(table[["subject", "age", "sex", "tiv"]], out_dir / PARTICIPANTS_NAME)
-    save_map(truth_age, affine, out_dir / "truth_age.nii.gz")
-    save_map(truth_sex, affine, out_dir / "truth_sex.nii.gz")
-    save_map(truth_tiv, affine, out_dir / "truth_tiv.nii.gz")
-    save_description(
-        out_dir / DESCRIPTION_NAME,
-        "vbm",
-        DEMO_DATASETS["vbm"].description,
-        seed,
-        {
-            "Files": f"sub-<label>/sub-<label>_space-{SPACE}_res-{RESOLUTION_MM}_label-GM_probseg.nii.gz",
-            "AgeCenter": VBM_AGE_CENTER,
-            "TIVReferenceML": VBM_TIV_REFERENCE_ML,
-            "PlantedEffects": {
-                "truth_age.nii.gz": {
-                    "meaning": "grey-matter change per year of age (template probability x blob amplitude)",
-                    "blobs": [b.as_dict() for b in VBM_AGE_BLOBS],
-                },
-                "truth_sex.nii.gz": {
-                    "meaning": "male minus female (template probability x blob amplitude)",
-                    "blobs": [b.as_dict() for b in VBM_SEX_BLOBS],
-                },
-                "truth_tiv.nii.gz": {
-                    "meaning": "grey-matter change per mL of total intracranial volume (global scaling)",
-                    "gain": VBM_TIV_GAIN,
-                },
-            },
-            "Note": "values are clipped to [0, 1], which slightly attenuates effects where grey matter is "
-            "near 0 or 1",
-        },
-    )
+    generate_vbm(out_dir, seed)
 
 
 def _generate_mixed(out_dir: Path, seed: int) -> None:
-    from runner.demo.mixed_effects import generate_mixed  # its own module: it uses the helpers above
+    from runner.demo.mixed_effects import generate_mixed
 
     generate_mixed(out_dir, seed)
 
@@ -420,7 +330,7 @@ DEMO_DATASETS: dict[str, DemoDataset] = {
     for spec in (
         DemoDataset(
             "localizer",
-            1,
+            2,
             20240601,
             "30 subjects' language-localizer effect and variance maps; planted mean blobs, "
             "a patient-control difference and a fluency effect",
@@ -428,7 +338,7 @@ DEMO_DATASETS: dict[str, DemoDataset] = {
         ),
         DemoDataset(
             "paired",
-            2,
+            3,
             20240602,
             "16 subjects x 2 checkerboard conditions (a/b) with large subject offsets; "
             "a paired test finds the planted condition difference that an unpaired test misses",
@@ -436,7 +346,7 @@ DEMO_DATASETS: dict[str, DemoDataset] = {
         ),
         DemoDataset(
             "surface",
-            1,
+            2,
             20240604,
             "30 subjects' contrast maps on fsaverage5 (both hemispheres, GIFTI); planted mean bumps and a "
             "patient-control difference",
@@ -444,14 +354,14 @@ DEMO_DATASETS: dict[str, DemoDataset] = {
         ),
         DemoDataset(
             "vbm",
-            1,
+            2,
             20240603,
             "100 grey-matter maps (age 20-90) with age-related atrophy, a sex difference and TIV scaling",
-            generate_vbm,
+            _generate_vbm,
         ),
         DemoDataset(
             "mixed",
-            1,
+            2,
             20240604,
             "24 subjects' effect maps with first-level variance maps spanning two orders of magnitude; a planted "
             "group mean that mixed effects (model=mfx) finds with more power than OLS",

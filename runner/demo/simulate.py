@@ -118,7 +118,12 @@ def quantize(values: np.ndarray, step_exponent: int) -> np.ndarray:
     """Round to multiples of 2**-step_exponent, as float32.
 
     Values with few significant bits leave the low mantissa bytes at zero, so gzip shrinks the demo
-    maps several-fold; the rounding error (step / sqrt(12)) is far below the simulated noise.
+    maps several-fold; the rounding error (step / sqrt(12)) is far below the simulated noise. A non-zero value
+    never rounds to 0 (it becomes +-step): an exact 0 inside the brain would punch a hole in every automatic
+    "non-zero in all maps" mask, and the holes would change the mask's topology (its Euler characteristic, which
+    random field theory uses) as real data do not.
     """
     step = 2.0**-step_exponent
-    return (np.round(values / step) * step).astype(np.float32)
+    rounded = np.round(values / step) * step
+    rounded = np.where((rounded == 0) & (values != 0), np.sign(values) * step, rounded)
+    return rounded.astype(np.float32)
