@@ -67,3 +67,19 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 300, preexec_fn=None) -
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     return subprocess.run([sys.executable, "-m", "runner", *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout, preexec_fn=preexec_fn)
+
+
+# Test files that take longest (measured with --durations), longest first. `make test` hands whole files to two
+# workers in collection order (--dist loadfile --no-loadscope-reorder); starting the long ones first lets both
+# workers finish together instead of one core idling while the other runs a long file last.
+LONGEST_FIRST = (
+    "test_readme.py", "test_error_catalogue.py", "test_sweeps.py", "test_config_validation.py", "test_app.py",
+    "test_verify.py", "test_surface.py", "test_kill.py", "test_rundir.py", "test_dask_executor.py", "test_demo.py",
+    "test_report.py", "test_bids.py", "test_fuzz.py", "test_rft_method.py", "test_tfce.py",
+)
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Order the collected tests so that the longest files come first (a stable sort keeps the rest as collected)."""
+    rank = {name: position for position, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))

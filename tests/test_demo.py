@@ -26,9 +26,9 @@ MASK = np.asarray(MASK_IMAGE.dataobj) > 0
 
 
 @pytest.fixture(scope="module")
-def cache_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One cache with every demo dataset, generated once for the module."""
-    root = tmp_path_factory.mktemp("demo-cache")
+def cache_root() -> Path:
+    """The test session's demo cache (see conftest: never the user's), with every demo dataset in it."""
+    root = demo_root()
     for name in DEMO_DATASETS:
         ensure_demo(name, root)
     return root
