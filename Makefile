@@ -27,7 +27,7 @@ run: $(VENV)/.installed
 
 ## Install the test extras and run the test suite (two processes, one per core; each test file stays in one).
 test: $(VENV)/.installed-test
-	$(PY) -m pytest -q -n 2 --dist loadfile $(ARGS)
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:  # only annotations: importing a method's schema (to check a config) need not load pandas
+    import pandas as pd
 
 
 @dataclass(frozen=True)

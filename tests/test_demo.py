@@ -26,9 +26,9 @@ MASK = np.asarray(MASK_IMAGE.dataobj) > 0
 
 
 @pytest.fixture(scope="module")
-def cache_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One cache with every demo dataset, generated once for the module."""
-    root = tmp_path_factory.mktemp("demo-cache")
+def cache_root() -> Path:
+    """The test session's demo cache (see conftest: never the user's), with every demo dataset in it."""
+    root = demo_root()
     for name in DEMO_DATASETS:
         ensure_demo(name, root)
     return root
@@ -199,7 +199,29 @@ def test_losing_a_generation_race_uses_the_winner(tmp_path: Path, monkeypatch: p
     table_path = ensure_demo("paired", tmp_path)
     assert table_path == folder / "table.tsv"
     assert table_path.read_text() == "winner\n"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["paired-v9"]  # the loser's copy is gone
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == ["paired-v9"]  # loser's copy gone
+
+
+def test_a_second_process_waits_for_the_generator_instead_of_generating(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fcntl
+    import threading
+
+    calls = []
+    spec = dataclasses.replace(DEMO_DATASETS["paired"], version=9, generate=lambda out, seed: calls.append(out))
+    monkeypatch.setitem(DEMO_DATASETS, "paired", spec)
+    result = []
+    with open(tmp_path / ".paired-v9.lock", "a") as held:  # "another process" is generating
+        fcntl.flock(held, fcntl.LOCK_EX)
+        waiter = threading.Thread(target=lambda: result.append(ensure_demo("paired", tmp_path)))
+        waiter.start()
+        waiter.join(timeout=0.5)
+        assert waiter.is_alive()  # blocked on the lock
+        (tmp_path / "paired-v9").mkdir()
+        (tmp_path / "paired-v9" / "table.tsv").write_text("made by the other process\n")
+    waiter.join(timeout=10)
+    assert result == [tmp_path / "paired-v9" / "table.tsv"] and calls == []
 
 
 def test_broken_cache_folder_and_failed_generation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -217,7 +239,8 @@ def test_broken_cache_folder_and_failed_generation(tmp_path: Path, monkeypatch: 
     monkeypatch.setitem(DEMO_DATASETS, "paired", dataclasses.replace(spec, generate=fails))
     with pytest.raises(KeyboardInterrupt):
         ensure_demo("paired", tmp_path)
-    assert list(tmp_path.iterdir()) == []  # no partial dataset, no temporary folder
+    # no partial dataset, no temporary folder (only the empty lock file, kept: deleting it would race a waiter)
+    assert [p.name for p in tmp_path.iterdir()] == [f".{spec.folder_name}.lock"]
 
 
 def test_cache_root_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -110,3 +110,18 @@ def test_outputs_import_nothing_from_inference():
     offenders = {str(p.relative_to(REPO)): sorted(m for m in _imports(p) if m.startswith("runner.inference"))
                  for p in (REPO / "runner" / "outputs").glob("*.py")}
     assert not {k: v for k, v in offenders.items() if v}
+
+
+def test_checking_a_config_does_not_load_the_statistics_modules():
+    """A typo'd key is refused in about half the time when the method schemas load without scipy's statistics and
+    graph modules (every refused command line pays for what the registry imports)."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    code = ("import sys; from runner.inference.registry import schemas; schemas(); "
+            "print(sorted(m for m in ('scipy.stats', 'scipy.sparse.csgraph', 'scipy.ndimage') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True,
+                            env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert result.stdout.strip() == "[]"

@@ -17,7 +17,8 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -394,13 +395,14 @@ def ensure_demo(name: str, root: Path | str | None = None) -> Path:
     """Path of the demo dataset's ``table.tsv``, generating the dataset first if it is not cached.
 
     Generation writes into a temporary sibling folder renamed into place at the end, so a reader
-    never sees a partial dataset; when two processes race, the loser discards its copy and uses the
-    winner's (both are identical anyway).
+    never sees a partial dataset. Generation holds a lock, so a second process waits and then uses the
+    first one's dataset; where locks are unavailable and two processes race, the loser discards its copy
+    and uses the winner's (both are identical anyway).
 
     Parameters
     ----------
     name : str
-        One of ``DEMO_DATASETS`` ("localizer", "paired", "vbm", "mixed").
+        One of ``DEMO_DATASETS`` ("localizer", "paired", "vbm", "mixed", "surface").
     root : Path or str, optional
         Cache root; default ``$RUNNER_DEMO_DIR`` or ``$XDG_CACHE_HOME/second-level-runner/demo``.
 
@@ -416,6 +418,37 @@ def ensure_demo(name: str, root: Path | str | None = None) -> Path:
         return table
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise RunnerError(f"cannot create the demo cache folder {folder.parent}: {error}") from error
+    with _generation_lock(folder.parent / f".{spec.folder_name}.lock"):
+        if table.is_file():  # made by the process that held the lock before us
+            return table
+        _generate_into(spec, folder)
+    return table
+
+
+@contextmanager
+def _generation_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (parallel sweep jobs and test workers wait for one generator instead of
+    each generating the same dataset); without ``fcntl`` or a lockable file, no lock (the rename keeps it safe)."""
+    try:
+        import fcntl
+
+        handle = open(path, "a")  # noqa: SIM115 -- held for the duration of the block
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        handle.close()
+
+
+def _generate_into(spec: DemoDataset, folder: Path) -> None:
+    """Generate into a temporary sibling of ``folder`` and rename it into place."""
+    name, table = spec.name, folder / TABLE_NAME
+    try:
         # A unique sibling (not tempfile.mkdtemp, whose 0700 mode would make a shared cache private).
         scratch = folder.parent / f".{spec.folder_name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
         scratch.mkdir()
@@ -434,4 +467,3 @@ def ensure_demo(name: str, root: Path | str | None = None) -> Path:
     finally:
         if scratch.exists():
             shutil.rmtree(scratch, ignore_errors=True)
-    return table

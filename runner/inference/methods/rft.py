@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from runner import stats
 from runner.checks import check, in_open_unit, non_negative
 from runner.inference.methods.height import effective_two_sided
 from runner.inference.registry import ContrastInputs, InferenceMethod, register
@@ -149,6 +148,8 @@ def run_rft(inputs: ContrastInputs, params_by_method: dict[str, Any]) -> BatchRe
     surviving = np.isfinite(stat) & (tail > height)
     z = np.where(np.isfinite(result.z), result.z, 0.0)
     thresholded = np.where(surviving, z, 0.0)
+    from runner import stats  # here, not at the top: checking a config imports this module's schema
+
     z_height = (float(stats.z_from_logsf(fwe_log_uncorrected(stat_type, height, df))) if np.isfinite(height)
                 else height)  # the same threshold on the z scale (equal one-sided tail probability)
 
