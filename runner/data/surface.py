@@ -68,15 +68,21 @@ class Surface:
     name: str
     hemispheres: dict[str, Hemisphere]
     space: MeshSpace
+    cifti: Any = None  # runner.data.cifti.CiftiLayout of CIFTI inputs: outputs are .dscalar.nii on its brain models
 
     @property
     def mask(self) -> np.ndarray:
         return self.space.mask
 
-    def split(self, values: np.ndarray, fill: float = 0.0) -> dict[str, np.ndarray]:
-        """In-mask values (V,) -> one full (N,) vector per hemisphere, ``fill`` outside the mask."""
+    def full(self, values: np.ndarray, fill: float = 0.0) -> np.ndarray:
+        """In-mask values (V,) -> (N_L + N_R,) on every vertex of the mesh, ``fill`` outside the mask."""
         full = np.full(len(self.space.vertices), fill, dtype=np.result_type(np.asarray(values).dtype, np.float32))
         full[self.space.mask] = values
+        return full
+
+    def split(self, values: np.ndarray, fill: float = 0.0) -> dict[str, np.ndarray]:
+        """In-mask values (V,) -> one full (N,) vector per hemisphere, ``fill`` outside the mask."""
+        full = self.full(values, fill)
         return {name: full[self.space.parts[name]] for name in self.hemispheres}
 
 
@@ -250,17 +256,17 @@ def load_surface_data(inputs: InputSet, settings: DataConfig,
     hemispheres = load_mesh(settings)
     sizes = {h: len(m.vertices) for h, m in hemispheres.items()}
     rows, digests = [], {}
-    covered, n_volume = None, 0  # CIFTI: the vertices its brain models cover (the same in every file)
+    layout = None  # CIFTI: the brain models of the first file (every file must carry the same)
     for ref in inputs.images:
         if isinstance(ref, CiftiRef):
             if not ref.path.is_file():
                 raise RunnerError(f"input {ref.path} does not exist")
             content = ref.path.read_bytes()
             found = read_cifti_map(ref.path, sizes, content)
-            if covered is not None and not np.array_equal(found.covered, covered):
-                raise RunnerError(f"input {ref.path} covers other vertices than {inputs.images[0].path} (brain "
-                                  "models differ); give every map on the same brain models")
-            covered, n_volume = found.covered, found.n_volume_voxels
+            if layout is not None and found.layout.signature != layout.signature:
+                raise RunnerError(f"input {ref.path} has other brain models than {inputs.images[0].path} (other "
+                                  "vertices or voxels); give every map on the same brain models")
+            layout = layout or found.layout
             rows.append(found.values)
             digests[str(ref.path)] = hashlib.sha256(content).hexdigest()
             if progress:
@@ -279,12 +285,14 @@ def load_surface_data(inputs: InputSet, settings: DataConfig,
     full = np.vstack(rows)
     cortex = np.concatenate([hemispheres[h].cortex for h in HEMISPHERES])
     notes: list[str] = []
-    if covered is not None:  # vertices outside the CIFTI brain models are not data
+    if layout is not None:  # vertices outside the CIFTI brain models are not data
+        covered = np.zeros(full.shape[1], dtype=bool)
+        covered[layout.mesh_index[layout.covered]] = True
         cortex = cortex & covered
         full[:, ~covered] = 0.0
-        if n_volume:
-            notes.append(f"left out {n_volume} subcortical voxel(s) of the CIFTI volume brain models: a surface "
-                         "analysis covers the cortex only")
+        if layout.n_volume_voxels:
+            notes.append(f"left out {layout.n_volume_voxels} subcortical voxel(s) of the CIFTI volume brain models: "
+                         "a surface analysis covers the cortex only (they are NaN in the .dscalar.nii outputs)")
     finite = np.isfinite(full).all(axis=0)
     bad = cortex & ~finite
     if bad.any():
@@ -309,7 +317,7 @@ def load_surface_data(inputs: InputSet, settings: DataConfig,
         log.warning(note)
     log.info("loaded %d surface map(s): %d vertices in the mask (%s, %d medial-wall or uncovered vertices left "
              "out)", len(rows), int(mask.sum()), name, int((~cortex).sum()))
-    surface = Surface(str(name), hemispheres, space)
+    surface = Surface(str(name), hemispheres, space, cifti=layout)
     return GroupData(Y=Y, mask=mask, affine=np.eye(4), table=inputs.table, inputs=inputs.images,
                      input_sha256=digests, notes=tuple(notes), surface=surface)
 

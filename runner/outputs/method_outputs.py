@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
+from runner.outputs import naming
 from runner.outputs.naming import map_name, safe_label
 from runner.outputs.writer import OutputWriter
 from runner.results import (BatchResult, IntervalFigure, MapOutput, MapViews, NullFigure, OutputRequest,
@@ -19,11 +22,25 @@ def write_batch(writer: OutputWriter, data: Any, contrast: str, batch: BatchResu
             write_request(writer, data, contrast, request, report)
 
 
+def write_surface_map(writer: OutputWriter, surface: Any, values: np.ndarray, fill: float = 0.0,
+                      **meta: Any) -> None:
+    """One in-mask map (V,) of a surface analysis: a ``.dscalar.nii`` over the brain models of CIFTI inputs, else
+    one ``.func.gii`` per hemisphere (``meta``: contrast, stat, correction, desc and the entry's extras)."""
+    if surface.cifti is None:
+        writer.surface_map(surface.split(values, fill=fill), **meta)
+        return
+    from runner.data.cifti import dscalar_bytes
+
+    name = naming.cifti_map_name(meta["contrast"], meta["stat"], meta.get("correction"), desc=meta.get("desc"))
+    payload = dscalar_bytes(surface.full(values, fill), surface.cifti, name[: -len("_statmap.dscalar.nii")])
+    writer.cifti_map(payload, structures=list(surface.cifti.structures), **meta)
+
+
 def write_request(writer: OutputWriter, data: Any, contrast: str, request: OutputRequest, report: bool) -> None:
     """Write one output request; ``data`` supplies the grid (``unmask``, ``affine``, ``mask``)."""
     if isinstance(request, MapOutput) and getattr(data, "surface", None) is not None:
-        writer.surface_map(data.surface.split(request.values, fill=request.fill), contrast=contrast,
-                           stat=request.stat, correction=request.correction, desc=request.desc, **request.meta)
+        write_surface_map(writer, data.surface, request.values, fill=request.fill, contrast=contrast,
+                          stat=request.stat, correction=request.correction, desc=request.desc, **request.meta)
     elif isinstance(request, MapOutput):
         name = map_name(contrast, request.stat, request.correction, desc=request.desc) if request.desc else None
         writer.map(data.unmask(request.values, fill=request.fill), data.affine, contrast=contrast, stat=request.stat,
