@@ -69,6 +69,7 @@ class Surface:
     hemispheres: dict[str, Hemisphere]
     space: MeshSpace
     cifti: Any = None  # runner.data.cifti.CiftiLayout of CIFTI inputs: outputs are .dscalar.nii on its brain models
+    labels: dict[str, np.ndarray] | None = None  # atlas label name per vertex ("" unlabelled), by hemisphere
 
     @property
     def mask(self) -> np.ndarray:
@@ -317,9 +318,21 @@ def load_surface_data(inputs: InputSet, settings: DataConfig,
         log.warning(note)
     log.info("loaded %d surface map(s): %d vertices in the mask (%s, %d medial-wall or uncovered vertices left "
              "out)", len(rows), int(mask.sum()), name, int((~cortex).sum()))
-    surface = Surface(str(name), hemispheres, space, cifti=layout)
+    surface = Surface(str(name), hemispheres, space, cifti=layout, labels=load_annotations(settings, sizes))
     return GroupData(Y=Y, mask=mask, affine=np.eye(4), table=inputs.table, inputs=inputs.images,
                      input_sha256=digests, notes=tuple(notes), surface=surface)
+
+
+def load_annotations(settings: DataConfig, sizes: dict[str, int]) -> dict[str, np.ndarray] | None:
+    """Per-vertex atlas labels of the hemispheres given ``data.annotation_left`` / ``data.annotation_right``."""
+    from runner.data.annotation import read_annotation
+
+    out = {}
+    for hemi, key in (("L", "annotation_left"), ("R", "annotation_right")):
+        value = getattr(settings, key)
+        if value:
+            out[hemi] = read_annotation(Path(str(value)).expanduser(), sizes[hemi], f"data.{key}")
+    return out or None
 
 
 def _slices(sizes: dict[str, int]) -> list[slice]:

@@ -46,7 +46,13 @@ def write_request(writer: OutputWriter, data: Any, contrast: str, request: Outpu
         writer.map(data.unmask(request.values, fill=request.fill), data.affine, contrast=contrast, stat=request.stat,
                    correction=request.correction, name=name, **request.meta)
     elif isinstance(request, TableOutput):
-        writer.table(request.frame, suffix=request.suffix, kind=request.kind, contrast=contrast, stat=request.stat,
+        frame = request.frame
+        surface = getattr(data, "surface", None)
+        if request.kind == "clusters" and surface is not None and surface.labels:
+            from runner.data.annotation import add_label_column
+
+            frame = add_label_column(frame, surface.labels, {h: m.vertices for h, m in surface.hemispheres.items()})
+        writer.table(frame, suffix=request.suffix, kind=request.kind, contrast=contrast, stat=request.stat,
                      correction=request.correction, **request.meta)
     elif not report:
         return

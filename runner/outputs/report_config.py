@@ -37,6 +37,9 @@ def key_settings(settings: Any) -> list[tuple[str, Parts]]:
             out.append(("mask", parts("cortex (medial wall left out)" if wall else "every vertex")))
             fwhm = getattr(data, "smoothing_fwhm", None)
             out.append(("smoothing", parts(f"{fmt(fwhm)} mm FWHM on the mesh" if fwhm else "none")))
+            atlas = [getattr(data, k, None) for k in ("annotation_left", "annotation_right")]
+            if any(atlas):  # peaks' labels in the cluster tables
+                out.append(("atlas", parts(code(" + ".join(str(a) for a in atlas if a)))))
         elif getattr(data, "mask", None):
             out.append(("mask", parts(code(data.mask))))
         else:
