@@ -219,7 +219,7 @@ def test_mesh_smoothing_has_the_variance_of_its_fwhm():
 
 
 def test_fwe_is_calibrated_on_smooth_null_surfaces():
-    """Light version of benchmarks/surface_fwe_calibration.py: null data smoothed on a mesh; max-T and TFCE reject
+    """Light version of benchmarks/bench_surface_fwe.py: null data smoothed on a mesh; max-T and TFCE reject
     in about alpha of the datasets (60 datasets: at most 9 rejections, P(X >= 10 | 0.05) < 0.002)."""
     from runner.data.surface import smooth_on_mesh
     from runner.inference.permutation import PermutationOptions, permutation_inference

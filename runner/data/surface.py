@@ -3,7 +3,8 @@
 A table names each map's left and right hemisphere files (``path_left`` / ``path_right`` columns, ``.func.gii``
 or ``.shape.gii``); ``data.mesh`` names a bundled mesh (``fsaverage5``) or ``data.mesh_left`` / ``data.mesh_right``
 the user's ``.surf.gii``. Elements are the in-mask vertices, left hemisphere first, in vertex order; the mask
-leaves out the medial wall (bundled meshes) and vertices that are NaN or infinite in any map. Smoothing runs on
+leaves out the medial wall (bundled meshes; on the user's meshes, vertices 0 in every GIFTI map; with CIFTI
+inputs, vertices outside their brain models) and vertices that are NaN or infinite in any map. Smoothing runs on
 the mesh (:func:`smooth_on_mesh`).
 """
 
@@ -294,6 +295,12 @@ def load_surface_data(inputs: InputSet, settings: DataConfig,
         if layout.n_volume_voxels:
             notes.append(f"left out {layout.n_volume_voxels} subcortical voxel(s) of the CIFTI volume brain models: "
                          "a surface analysis covers the cortex only (they are NaN in the .dscalar.nii outputs)")
+    if layout is None and settings.mesh_left:  # the user's mesh gives no medial wall: vertices 0 in every map
+        silent = cortex & ~np.any(full != 0, axis=0)
+        if silent.any():
+            cortex = cortex & ~silent
+            notes.append(f"left out {int(silent.sum())} vertex(es) that are 0 in every map (a medial wall: "
+                         "data.mesh_left / data.mesh_right carry no medial-wall mask)")
     finite = np.isfinite(full).all(axis=0)
     bad = cortex & ~finite
     if bad.any():
