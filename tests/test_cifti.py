@@ -189,3 +189,26 @@ def test_cifti_files_on_other_brain_models_are_refused(fsaverage5_runs, tmp_path
         tmp_path / "odd.dscalar.nii")
     with pytest.raises(RunnerError, match="CORTEX_LEFT is on a mesh of 50 vertices but data.mesh has 10242"):
         run_analysis(tmp_path / "run", [f"data.table={tmp_path / 'table.tsv'}", "data.mesh=fsaverage5"] + COMMON)
+
+
+def test_demo_exports_the_surface_maps_as_cifti(tmp_path):
+    """``python -m runner.demo surface FOLDER --cifti``: one .dscalar.nii per row whose cortex columns are the row's
+    GIFTI values at fsaverage5's cortex vertices (read with nibabel), listed in table_cifti.tsv."""
+    from runner.data.surface import bundled_mesh
+    from runner.demo.__main__ import main
+
+    assert main(["surface", str(tmp_path / "study"), "--cifti"]) == 0
+    assert main(["paired", str(tmp_path / "other"), "--cifti"]) == 2
+    mesh = bundled_mesh("fsaverage5")
+    gifti = pd.read_csv(tmp_path / "study" / "table.tsv", sep="\t")
+    cifti = pd.read_csv(tmp_path / "study" / "table_cifti.tsv", sep="\t")
+    assert list(cifti.columns) == ["participant_id", "group", "age", "path"] and len(cifti) == len(gifti)
+    for row in (0, len(cifti) - 1):
+        image = nib.load(tmp_path / "study" / cifti["path"][row])
+        models = image.header.get_axis(1)
+        assert [(name, m.nvertices[name]) for name, _, m in models.iter_structures()] == [
+            ("CIFTI_STRUCTURE_CORTEX_LEFT", 10242), ("CIFTI_STRUCTURE_CORTEX_RIGHT", 10242)]
+        expected = np.concatenate([
+            np.asarray(nib.load(tmp_path / "study" / gifti[column][row]).darrays[0].data)[mesh[hemi].cortex]
+            for hemi, column in (("L", "path_left"), ("R", "path_right"))])
+        np.testing.assert_array_equal(np.asarray(image.dataobj)[0], expected)
