@@ -177,7 +177,8 @@ def test_cifti_files_on_other_brain_models_are_refused(fsaverage5_runs, tmp_path
     models = cifti_models(cortex, n_voxels=2)  # one thalamus voxel fewer
     values = np.zeros((1, len(models)), np.float32)
     values[0, :10] = 1.0
-    nib.Cifti2Image(values, header=(nib.cifti2.ScalarAxis(["effect"]), models)).to_filename(tmp_path / "odd.dscalar.nii")
+    header = (nib.cifti2.ScalarAxis(["effect"]), models)
+    nib.Cifti2Image(values, header=header).to_filename(tmp_path / "odd.dscalar.nii")
     table["path"] = [str(folder / p) for p in table["path"]]
     table.loc[3, "path"] = str(tmp_path / "odd.dscalar.nii")
     table.to_csv(tmp_path / "table.tsv", sep="\t", index=False)
