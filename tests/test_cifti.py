@@ -184,6 +184,9 @@ def test_cifti_files_on_other_brain_models_are_refused(fsaverage5_runs, tmp_path
     table.to_csv(tmp_path / "table.tsv", sep="\t", index=False)
     with pytest.raises(RunnerError, match="odd.dscalar.nii has other brain models than .*sub-00.dscalar.nii"):
         run_analysis(tmp_path / "run", [f"data.table={tmp_path / 'table.tsv'}", "data.mesh=fsaverage5"] + COMMON)
+    # without data.mesh the files would be read as volumes: refused, naming the setting
+    with pytest.raises(RunnerError, match="is a surface file .*set data.mesh=fsaverage5"):
+        run_analysis(tmp_path / "run", [f"data.table={folder / 'cifti.tsv'}"] + COMMON)
     # a file from another mesh is refused in one line
     small = nib.cifti2.BrainModelAxis.from_mask(np.ones(50, bool), name="CortexLeft")
     nib.Cifti2Image(np.ones((1, 50), np.float32), header=(nib.cifti2.ScalarAxis(["x"]), small)).to_filename(
