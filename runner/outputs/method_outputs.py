@@ -29,11 +29,12 @@ def write_surface_map(writer: OutputWriter, surface: Any, values: np.ndarray, fi
     if surface.cifti is None:
         writer.surface_map(surface.split(values, fill=fill), **meta)
         return
-    from runner.data.cifti import dscalar_bytes
+    from runner.data.cifti import STRUCTURES, dscalar_bytes
 
     name = naming.cifti_map_name(meta["contrast"], meta["stat"], meta.get("correction"), desc=meta.get("desc"))
     payload = dscalar_bytes(surface.full(values, fill), surface.cifti, name[: -len("_statmap.dscalar.nii")])
-    writer.cifti_map(payload, structures=list(surface.cifti.structures), **meta)
+    hemi = "".join(h for h, name in STRUCTURES.items() if name in surface.cifti.structures)
+    writer.cifti_map(payload, hemi=hemi, structures=list(surface.cifti.structures), **meta)
 
 
 def write_request(writer: OutputWriter, data: Any, contrast: str, request: OutputRequest, report: bool) -> None:
