@@ -79,7 +79,7 @@ def read_cifti_map(path: Path, sizes: dict[str, int], content: bytes) -> CiftiMa
     """The cortical values of a one-map ``.dscalar.nii`` placed on the mesh's vertices (left then right).
 
     Brain models are read from the header's index map directly (nibabel's ``BrainModelAxis`` names every column
-    in Python, about 0.3 s for an fsLR 91k file).
+    in Python: about as long again as reading the file, for an fsLR 91k file).
 
     Parameters
     ----------
