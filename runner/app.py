@@ -84,7 +84,8 @@ def declared_inputs(settings: RunSettings, resolve_demo: bool = False) -> dict[s
         table, participants = None, participants_file(data.root, data.participants)
     named = {"table": table, "participants": participants, "image_4d": data.image_4d, "mask": data.mask,
              "design_matrix": settings.design.matrix, "bids_model": settings.design.bids_model,
-             "mesh_left": data.mesh_left, "mesh_right": data.mesh_right}
+             "mesh_left": data.mesh_left, "mesh_right": data.mesh_right,
+             "annotation_left": data.annotation_left, "annotation_right": data.annotation_right}
     return {role: Path(path) for role, path in named.items() if path}
 
 

@@ -52,6 +52,8 @@ class DataConfig:
     path_left_column: str = "path_left"
     path_right_column: str = "path_right"
     exclude_medial_wall: bool = True  # with a bundled mesh; the user's meshes have no medial-wall mask
+    annotation_left: Optional[str] = None  # atlas per hemisphere (.annot / .label.gii): peaks' labels in cluster tables
+    annotation_right: Optional[str] = None
 
 
 @dataclass
@@ -225,6 +227,9 @@ def build_settings(config: Any) -> RunSettings:
         from runner.bids_model import apply_bids_model
 
         settings = apply_bids_model(settings)
+    if (data.annotation_left or data.annotation_right) and not (data.mesh or data.mesh_left or data.mesh_right):
+        raise RunnerError("data.annotation_left / data.annotation_right label peaks on a mesh: set data.mesh (or "
+                          "data.mesh_left and data.mesh_right) for a surface analysis")
     if data.mesh or data.mesh_left or data.mesh_right:
         for key in ("glob", "image_4d", "mask"):
             if getattr(data, key):

@@ -70,15 +70,18 @@ class Verdict:
 
 
 def compare_maps(recorded: Path, rerun: Path, tolerance: float) -> str | None:
-    """None when two NIfTI maps agree (grid and values), else a one-line description of the difference."""
-    import nibabel as nib
+    """None when two maps agree (where their values live, and the values), else a one-line description.
 
-    a, b = nib.load(str(recorded)), nib.load(str(rerun))
+    NIfTI maps are compared by grid (shape and affine), GIFTI maps by their data arrays' shapes and anatomical
+    structure, CIFTI-2 maps by their axes (brain models: structures, vertices, mesh sizes, voxels; map names).
+    """
+    a, where_a = _read_map(recorded)
+    b, where_b = _read_map(rerun)
     if a.shape != b.shape:
         return f"shape {a.shape} != {b.shape}"
-    if not np.allclose(a.affine, b.affine, rtol=0, atol=1e-6):
-        return "affine differs"
-    x, y = np.asarray(a.dataobj, dtype=np.float64), np.asarray(b.dataobj, dtype=np.float64)
+    if where_a != where_b:
+        return where_a.differs(where_b)
+    x, y = a, b
     same_nan = np.isnan(x) == np.isnan(y)
     if tolerance > 0:
         close = np.isclose(x, y, rtol=tolerance, atol=tolerance, equal_nan=True)
@@ -91,8 +94,46 @@ def compare_maps(recorded: Path, rerun: Path, tolerance: float) -> str | None:
     first = tuple(int(i) for i in bad[0])
     with np.errstate(invalid="ignore"):
         worst = float(np.nanmax(np.abs(x - y)[~close])) if np.any(~close) else float("nan")
-    return (f"{len(bad)} voxel(s) differ (first at voxel {first}: {float(x[first])!r} vs {float(y[first])!r}; "
-            f"largest difference {worst:.3g})")
+    element = where_a.element
+    return (f"{len(bad)} {element}(s) differ (first at {element} {first}: {float(x[first])!r} vs "
+            f"{float(y[first])!r}; largest difference {worst:.3g})")
+
+
+@dataclass(frozen=True)
+class _Where:
+    """Where a map's values live, as far as two maps must agree on it."""
+
+    kind: str  # what is compared, for the message
+    key: Any
+    element: str = "voxel"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, _Where) or other.kind != self.kind:
+            return False
+        if self.kind == "affine":
+            return bool(np.allclose(self.key, other.key, rtol=0, atol=1e-6))
+        return bool(self.key == other.key)
+
+    def differs(self, other: "_Where") -> str:
+        if other.kind != self.kind:
+            return f"file type differs ({self.kind} vs {other.kind})"
+        return f"{self.kind} differs"
+
+
+def _read_map(path: Path) -> tuple[np.ndarray, _Where]:
+    """A map file's values (float64) and where they live (NIfTI, GIFTI or CIFTI-2)."""
+    import nibabel as nib
+
+    image = nib.load(str(path))
+    if isinstance(image, nib.GiftiImage):
+        values = np.stack([np.asarray(array.data, dtype=np.float64) for array in image.darrays])
+        structure = dict(image.meta).get("AnatomicalStructurePrimary")
+        return values, _Where("anatomical structure", structure, "vertex")
+    if isinstance(image, nib.Cifti2Image):
+        axes = tuple(image.header.get_axis(i) for i in range(image.ndim))
+        return np.asarray(image.dataobj, dtype=np.float64), _Where("CIFTI axes (brain models or map names)", axes,
+                                                                    "column")
+    return np.asarray(image.dataobj, dtype=np.float64), _Where("affine", np.asarray(image.affine))
 
 
 def compare_tables(recorded: Path, rerun: Path, tolerance: float) -> str | None:
@@ -302,7 +343,7 @@ def compare_outputs(run_dir: Path, scratch: Path, recorded: dict[str, Any], fres
                 else:
                     verdict.notes.append(f"{path}: figure differs from the re-run (may be library/font versions: "
                                          f"{version_changes})")
-        elif path.endswith((".nii", ".nii.gz")):
+        elif path.endswith((".nii", ".nii.gz", ".gii")):
             _add(verdict, path, compare_maps(original, target, tolerance))
         elif path.endswith((".tsv", ".csv")):
             _add(verdict, path, compare_tables(original, target, tolerance))

@@ -219,7 +219,7 @@ def test_mesh_smoothing_has_the_variance_of_its_fwhm():
 
 
 def test_fwe_is_calibrated_on_smooth_null_surfaces():
-    """Light version of benchmarks/surface_fwe_calibration.py: null data smoothed on a mesh; max-T and TFCE reject
+    """Light version of benchmarks/bench_surface_fwe.py: null data smoothed on a mesh; max-T and TFCE reject
     in about alpha of the datasets (60 datasets: at most 9 rejections, P(X >= 10 | 0.05) < 0.002)."""
     from runner.data.surface import smooth_on_mesh
     from runner.inference.permutation import PermutationOptions, permutation_inference
@@ -382,42 +382,6 @@ def test_ari_and_cluster_methods_run_on_the_surface(surface_study, tmp_path):
     assert len(clusters) and clusters["p_fwe"].between(0, 1).all()
 
 
-def test_cifti_dscalar_inputs_equal_their_gifti_hemispheres(surface_study, tmp_path):
-    """The same maps as CIFTI-2 dense scalars (cortex brain models without the medial wall, plus subcortical
-    voxels) give the same z maps and FDR threshold as the GIFTI pairs; the voxels are left out with a note."""
-    from runner.data.surface import bundled_mesh
-
-    folder, _, _, data = surface_study
-    mesh = bundled_mesh("fsaverage5")
-    volume_mask = np.zeros((3, 3, 3), dtype=bool)
-    volume_mask[1, 1, :] = True
-    models = (nib.cifti2.BrainModelAxis.from_mask(mesh["L"].cortex, name="CortexLeft")
-              + nib.cifti2.BrainModelAxis.from_mask(mesh["R"].cortex, name="CortexRight")
-              + nib.cifti2.BrainModelAxis.from_mask(volume_mask, name="ThalamusLeft", affine=np.eye(4)))
-    rows = []
-    for subject in range(N_SUBJECTS):
-        values = np.concatenate([data["left"][subject][mesh["L"].cortex], data["right"][subject][mesh["R"].cortex],
-                                 np.full(int(volume_mask.sum()), 7.0)])[None].astype(np.float32)
-        name = f"sub-{subject:02d}.dscalar.nii"
-        nib.Cifti2Image(values, header=(nib.cifti2.ScalarAxis(["effect"]), models)).to_filename(tmp_path / name)
-        rows.append({"participant_id": f"sub-{subject:02d}", "path": name})
-    pd.DataFrame(rows).to_csv(tmp_path / "cifti.tsv", sep="\t", index=False)
-    common = ["data.mesh=fsaverage5", "correction=[fdr]", "report=false", "contrasts=[{name:mean,expr:Intercept}]"]
-    run_analysis(tmp_path / "cifti", [f"data.table={tmp_path / 'cifti.tsv'}"] + common)
-    run_analysis(tmp_path / "gifti", [f"data.table={folder / 'table.tsv'}"] + common)
-    np.testing.assert_array_equal(our_map(tmp_path / "cifti", "z"), our_map(tmp_path / "gifti", "z"))
-    manifests = [json.loads((tmp_path / run / "manifest.json").read_text()) for run in ("cifti", "gifti")]
-    thresholds = [next(e["threshold"] for e in m["outputs"] if e.get("correction") == "fdr") for m in manifests]
-    assert thresholds[0] == thresholds[1]
-    assert any("left out 3 subcortical voxel(s)" in note for note in manifests[0]["notes"])
-    # a file from another mesh is refused in one line
-    small = nib.cifti2.BrainModelAxis.from_mask(np.ones(50, bool), name="CortexLeft")
-    nib.Cifti2Image(np.zeros((1, 50), np.float32), header=(nib.cifti2.ScalarAxis(["x"]), small)).to_filename(
-        tmp_path / "sub-00.dscalar.nii")
-    with pytest.raises(RunnerError, match="CORTEX_LEFT is on a mesh of 50 vertices but data.mesh has 10242"):
-        run_analysis(tmp_path / "bad", [f"data.table={tmp_path / 'cifti.tsv'}"] + common)
-
-
 def test_user_meshes_as_surf_gii(surface_study, fsaverage5, tmp_path):
     """The user's .surf.gii meshes (here fsaverage5's pial, written by nibabel) give the same maps as the bundled
     mesh without its medial-wall mask, and are recorded as inputs (verify sees a changed mesh)."""
@@ -458,13 +422,13 @@ def test_surface_demo_regeneration_is_bit_identical(tmp_path):
 def test_cifti_dscalar_round_trips_through_nibabel_with_its_brain_models(tmp_path):
     """A map written by dscalar_bytes reads back (nibabel, then our reader) with the same cortex brain models
     (structures, vertex lists, mesh sizes) and values."""
-    from runner.data.cifti import dscalar_bytes, read_cifti_map
+    from runner.data.cifti import dscalar_bytes, layout_from_mask, read_cifti_map
 
     rng = np.random.default_rng(0)
     sizes = {"L": 40, "R": 30}
     covered = rng.random(70) < 0.8
     values = np.where(covered, rng.standard_normal(70), np.nan)
-    content = dscalar_bytes(values, covered, sizes, "z")
+    content = dscalar_bytes(values, layout_from_mask(covered, sizes), "z")
     (tmp_path / "map.dscalar.nii").write_bytes(content)
     image = nib.load(tmp_path / "map.dscalar.nii")
     models = image.header.get_axis(1)

@@ -3,7 +3,8 @@
 A table names each map's left and right hemisphere files (``path_left`` / ``path_right`` columns, ``.func.gii``
 or ``.shape.gii``); ``data.mesh`` names a bundled mesh (``fsaverage5``) or ``data.mesh_left`` / ``data.mesh_right``
 the user's ``.surf.gii``. Elements are the in-mask vertices, left hemisphere first, in vertex order; the mask
-leaves out the medial wall (bundled meshes) and vertices that are NaN or infinite in any map. Smoothing runs on
+leaves out the medial wall (bundled meshes; on the user's meshes, vertices 0 in every GIFTI map; with CIFTI
+inputs, vertices outside their brain models) and vertices that are NaN or infinite in any map. Smoothing runs on
 the mesh (:func:`smooth_on_mesh`).
 """
 
@@ -68,15 +69,22 @@ class Surface:
     name: str
     hemispheres: dict[str, Hemisphere]
     space: MeshSpace
+    cifti: Any = None  # runner.data.cifti.CiftiLayout of CIFTI inputs: outputs are .dscalar.nii on its brain models
+    labels: dict[str, np.ndarray] | None = None  # atlas label name per vertex ("" unlabelled), by hemisphere
 
     @property
     def mask(self) -> np.ndarray:
         return self.space.mask
 
-    def split(self, values: np.ndarray, fill: float = 0.0) -> dict[str, np.ndarray]:
-        """In-mask values (V,) -> one full (N,) vector per hemisphere, ``fill`` outside the mask."""
+    def full(self, values: np.ndarray, fill: float = 0.0) -> np.ndarray:
+        """In-mask values (V,) -> (N_L + N_R,) on every vertex of the mesh, ``fill`` outside the mask."""
         full = np.full(len(self.space.vertices), fill, dtype=np.result_type(np.asarray(values).dtype, np.float32))
         full[self.space.mask] = values
+        return full
+
+    def split(self, values: np.ndarray, fill: float = 0.0) -> dict[str, np.ndarray]:
+        """In-mask values (V,) -> one full (N,) vector per hemisphere, ``fill`` outside the mask."""
+        full = self.full(values, fill)
         return {name: full[self.space.parts[name]] for name in self.hemispheres}
 
 
@@ -250,17 +258,17 @@ def load_surface_data(inputs: InputSet, settings: DataConfig,
     hemispheres = load_mesh(settings)
     sizes = {h: len(m.vertices) for h, m in hemispheres.items()}
     rows, digests = [], {}
-    covered, n_volume = None, 0  # CIFTI: the vertices its brain models cover (the same in every file)
+    layout = None  # CIFTI: the brain models of the first file (every file must carry the same)
     for ref in inputs.images:
         if isinstance(ref, CiftiRef):
             if not ref.path.is_file():
                 raise RunnerError(f"input {ref.path} does not exist")
             content = ref.path.read_bytes()
             found = read_cifti_map(ref.path, sizes, content)
-            if covered is not None and not np.array_equal(found.covered, covered):
-                raise RunnerError(f"input {ref.path} covers other vertices than {inputs.images[0].path} (brain "
-                                  "models differ); give every map on the same brain models")
-            covered, n_volume = found.covered, found.n_volume_voxels
+            if layout is not None and found.layout.signature != layout.signature:
+                raise RunnerError(f"input {ref.path} has other brain models than {inputs.images[0].path} (other "
+                                  "vertices or voxels); give every map on the same brain models")
+            layout = layout or found.layout
             rows.append(found.values)
             digests[str(ref.path)] = hashlib.sha256(content).hexdigest()
             if progress:
@@ -279,12 +287,20 @@ def load_surface_data(inputs: InputSet, settings: DataConfig,
     full = np.vstack(rows)
     cortex = np.concatenate([hemispheres[h].cortex for h in HEMISPHERES])
     notes: list[str] = []
-    if covered is not None:  # vertices outside the CIFTI brain models are not data
+    if layout is not None:  # vertices outside the CIFTI brain models are not data
+        covered = np.zeros(full.shape[1], dtype=bool)
+        covered[layout.mesh_index[layout.covered]] = True
         cortex = cortex & covered
         full[:, ~covered] = 0.0
-        if n_volume:
-            notes.append(f"left out {n_volume} subcortical voxel(s) of the CIFTI volume brain models: a surface "
-                         "analysis covers the cortex only")
+        if layout.n_volume_voxels:
+            notes.append(f"left out {layout.n_volume_voxels} subcortical voxel(s) of the CIFTI volume brain models: "
+                         "a surface analysis covers the cortex only (they are NaN in the .dscalar.nii outputs)")
+    if layout is None and settings.mesh_left:  # the user's mesh gives no medial wall: vertices 0 in every map
+        silent = cortex & ~np.any(full != 0, axis=0)
+        if silent.any():
+            cortex = cortex & ~silent
+            notes.append(f"left out {int(silent.sum())} vertex(es) that are 0 in every map (a medial wall: "
+                         "data.mesh_left / data.mesh_right carry no medial-wall mask)")
     finite = np.isfinite(full).all(axis=0)
     bad = cortex & ~finite
     if bad.any():
@@ -309,9 +325,21 @@ def load_surface_data(inputs: InputSet, settings: DataConfig,
         log.warning(note)
     log.info("loaded %d surface map(s): %d vertices in the mask (%s, %d medial-wall or uncovered vertices left "
              "out)", len(rows), int(mask.sum()), name, int((~cortex).sum()))
-    surface = Surface(str(name), hemispheres, space)
+    surface = Surface(str(name), hemispheres, space, cifti=layout, labels=load_annotations(settings, sizes))
     return GroupData(Y=Y, mask=mask, affine=np.eye(4), table=inputs.table, inputs=inputs.images,
                      input_sha256=digests, notes=tuple(notes), surface=surface)
+
+
+def load_annotations(settings: DataConfig, sizes: dict[str, int]) -> dict[str, np.ndarray] | None:
+    """Per-vertex atlas labels of the hemispheres given ``data.annotation_left`` / ``data.annotation_right``."""
+    from runner.data.annotation import read_annotation
+
+    out = {}
+    for hemi, key in (("L", "annotation_left"), ("R", "annotation_right")):
+        value = getattr(settings, key)
+        if value:
+            out[hemi] = read_annotation(Path(str(value)).expanduser(), sizes[hemi], f"data.{key}")
+    return out or None
 
 
 def _slices(sizes: dict[str, int]) -> list[slice]:

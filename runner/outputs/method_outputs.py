@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
+from runner.outputs import naming
 from runner.outputs.naming import map_name, safe_label
 from runner.outputs.writer import OutputWriter
 from runner.results import (BatchResult, IntervalFigure, MapOutput, MapViews, NullFigure, OutputRequest,
@@ -19,17 +22,38 @@ def write_batch(writer: OutputWriter, data: Any, contrast: str, batch: BatchResu
             write_request(writer, data, contrast, request, report)
 
 
+def write_surface_map(writer: OutputWriter, surface: Any, values: np.ndarray, fill: float = 0.0,
+                      **meta: Any) -> None:
+    """One in-mask map (V,) of a surface analysis: a ``.dscalar.nii`` over the brain models of CIFTI inputs, else
+    one ``.func.gii`` per hemisphere (``meta``: contrast, stat, correction, desc and the entry's extras)."""
+    if surface.cifti is None:
+        writer.surface_map(surface.split(values, fill=fill), **meta)
+        return
+    from runner.data.cifti import STRUCTURES, dscalar_bytes
+
+    name = naming.cifti_map_name(meta["contrast"], meta["stat"], meta.get("correction"), desc=meta.get("desc"))
+    payload = dscalar_bytes(surface.full(values, fill), surface.cifti, name[: -len("_statmap.dscalar.nii")])
+    hemi = "".join(h for h, name in STRUCTURES.items() if name in surface.cifti.structures)
+    writer.cifti_map(payload, hemi=hemi, structures=list(surface.cifti.structures), **meta)
+
+
 def write_request(writer: OutputWriter, data: Any, contrast: str, request: OutputRequest, report: bool) -> None:
     """Write one output request; ``data`` supplies the grid (``unmask``, ``affine``, ``mask``)."""
     if isinstance(request, MapOutput) and getattr(data, "surface", None) is not None:
-        writer.surface_map(data.surface.split(request.values, fill=request.fill), contrast=contrast,
-                           stat=request.stat, correction=request.correction, desc=request.desc, **request.meta)
+        write_surface_map(writer, data.surface, request.values, fill=request.fill, contrast=contrast,
+                          stat=request.stat, correction=request.correction, desc=request.desc, **request.meta)
     elif isinstance(request, MapOutput):
         name = map_name(contrast, request.stat, request.correction, desc=request.desc) if request.desc else None
         writer.map(data.unmask(request.values, fill=request.fill), data.affine, contrast=contrast, stat=request.stat,
                    correction=request.correction, name=name, **request.meta)
     elif isinstance(request, TableOutput):
-        writer.table(request.frame, suffix=request.suffix, kind=request.kind, contrast=contrast, stat=request.stat,
+        frame = request.frame
+        surface = getattr(data, "surface", None)
+        if request.kind == "clusters" and surface is not None and surface.labels:
+            from runner.data.annotation import add_label_column
+
+            frame = add_label_column(frame, surface.labels, {h: m.vertices for h, m in surface.hemispheres.items()})
+        writer.table(frame, suffix=request.suffix, kind=request.kind, contrast=contrast, stat=request.stat,
                      correction=request.correction, **request.meta)
     elif not report:
         return

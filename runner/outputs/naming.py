@@ -59,6 +59,12 @@ def surface_map_name(contrast: str, stat: str, hemi: str, correction: str | None
     return volume[: -len("_statmap.nii.gz")] + f"_hemi-{safe_label(hemi)}_statmap.func.gii"
 
 
+def cifti_map_name(contrast: str, stat: str, correction: str | None = None, desc: str | None = None) -> str:
+    """``contrast-<name>_stat-<stat>[_corr-<method>][_desc-<label>]_statmap.dscalar.nii`` (both hemispheres)."""
+    volume = map_name(contrast, stat, correction, desc=desc)
+    return volume[: -len(".nii.gz")] + ".dscalar.nii"
+
+
 def table_name(suffix: str, contrast: str | None = None, correction: str | None = None,
                stat: str | None = None, extension: str = ".tsv") -> str:
     """``[contrast-<name>_][stat-<stat>_][corr-<method>_]<suffix>.tsv``."""

@@ -34,9 +34,15 @@ def key_settings(settings: Any) -> list[tuple[str, Parts]]:
         if mesh:  # a surface analysis: the mesh and its mask, smoothing on the mesh
             wall = getattr(data, "exclude_medial_wall", True) and getattr(data, "mesh", None)
             out.append(("mesh", parts(code(mesh))))
-            out.append(("mask", parts("cortex (medial wall left out)" if wall else "every vertex")))
+            user_mesh = not getattr(data, "mesh", None)
+            out.append(("mask", parts("cortex (medial wall left out)" if wall else
+                                      "vertices with data (those 0 in every map or outside the CIFTI brain models "
+                                      "left out)" if user_mesh else "every vertex")))
             fwhm = getattr(data, "smoothing_fwhm", None)
             out.append(("smoothing", parts(f"{fmt(fwhm)} mm FWHM on the mesh" if fwhm else "none")))
+            atlas = [getattr(data, k, None) for k in ("annotation_left", "annotation_right")]
+            if any(atlas):  # peaks' labels in the cluster tables
+                out.append(("atlas", parts(code(" + ".join(str(a) for a in atlas if a)))))
         elif getattr(data, "mask", None):
             out.append(("mask", parts(code(data.mask))))
         else:

@@ -41,7 +41,7 @@ CLUSTER_COLUMNS = {  # known cluster-table columns: header shown, in display ord
     "peak_z": "Peak z",
 }
 HIDDEN_CLUSTER_COLUMNS = ("i", "j", "k", "peak_i", "peak_j", "peak_k")  # voxel indices: the mm coordinates say the same
-TEXT_CLUSTER_COLUMNS = ("cluster_id", "sign")
+TEXT_CLUSTER_COLUMNS = ("cluster_id", "sign", "label")  # label: a peak's atlas region (surfaces)
 
 fmt = format_number  # numbers for a reader, as the methods state their thresholds
 Parts = list[tuple[str, str]]

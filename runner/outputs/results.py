@@ -13,6 +13,7 @@ from runner import glm
 from runner.contrasts import Contrast
 from runner.data.loader import GroupData
 from runner.design import Design
+from runner.outputs.method_outputs import write_surface_map
 from runner.outputs.writer import OutputWriter
 
 log = logging.getLogger(__name__)
@@ -49,8 +50,8 @@ def write_contrast_maps(writer: OutputWriter, data: GroupData, contrasts: list[C
         names = CONTRAST_MAPS_T if result.stat_type == "t" else CONTRAST_MAPS_F
         for stat in names:
             if data.surface is not None:
-                writer.surface_map(data.surface.split(np.asarray(maps[stat], dtype=float)), contrast=contrast.name,
-                                   stat=stat, dof=result.dof, stat_type=result.stat_type)
+                write_surface_map(writer, data.surface, np.asarray(maps[stat], dtype=float), contrast=contrast.name,
+                                  stat=stat, dof=result.dof, stat_type=result.stat_type)
                 continue
             writer.map(data.unmask(np.asarray(maps[stat], dtype=float)), data.affine, contrast=contrast.name,
                        stat=stat, dof=result.dof, stat_type=result.stat_type)

@@ -146,6 +146,20 @@ class OutputWriter:
                                         alpha=alpha, threshold=threshold, hemi=hemi, **extra))
         return paths
 
+    def cifti_map(self, payload: bytes, *, contrast: str, stat: str, correction: str | None = None,
+                  alpha: float | None = None, threshold: float | None = None, desc: str | None = None,
+                  hemi: str = "LR", structures: list[str] | None = None, **extra: Any) -> Path:
+        """Write one CIFTI-2 dense scalar map (``payload``, see ``runner.data.cifti.dscalar_bytes``) as
+        ``..._statmap.dscalar.nii``, registered with its ``hemi`` (``LR`` for both cortices) and the brain
+        ``structures`` it covers."""
+        name = naming.cifti_map_name(contrast, stat, correction, desc=desc)
+        target = self._target(name)
+        with storage_errors(path=target):
+            write_atomic(target, lambda tmp: tmp.write_bytes(payload))
+        return self._register(name, target, "map", contrast=contrast, stat=stat, correction=correction,
+                              alpha=alpha, threshold=threshold, hemi=hemi, structures=list(structures or []),
+                              **extra)
+
     def table(self, frame: pd.DataFrame, *, suffix: str, kind: str = "table", contrast: str | None = None,
               stat: str | None = None, correction: str | None = None, alpha: float | None = None,
               threshold: float | None = None, name: str | None = None, **extra: Any) -> Path:

@@ -49,10 +49,21 @@ def gather_inputs(settings: RunSettings) -> InputSet:
                                         data.path_right_column, data.path_column)
         else:
             inputs = from_table(Path(table), data.path_column)  # type: ignore[arg-type]
+            refuse_surface_files(inputs)
     if data.query:
         inputs = apply_query(inputs, data.query)
     log.info("inputs: %d map(s), table columns: %s", len(inputs.images), ", ".join(map(str, inputs.table.columns)))
     return inputs
+
+
+def refuse_surface_files(inputs: InputSet) -> None:
+    """A volume analysis of CIFTI or GIFTI files: say which setting makes it a surface analysis."""
+    from runner.data.cifti import is_cifti
+
+    for ref in inputs.images:
+        if is_cifti(ref.path) or str(ref.path).lower().endswith(".gii"):
+            raise RunnerError(f"input {ref.path} is a surface file (CIFTI-2 or GIFTI): set data.mesh=fsaverage5, or "
+                              "data.mesh_left and data.mesh_right (.surf.gii), for a surface analysis")
 
 
 def table_source(settings: RunSettings) -> tuple[str, Path | None]:
