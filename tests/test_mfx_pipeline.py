@@ -98,11 +98,32 @@ def test_missing_variance_column_or_cell_is_refused(tmp_path):
         run_analysis(tmp_path / "b", ["model=mfx", f"data.table={table}"])
 
 
-def test_mfx_refuses_permutation_methods_and_smoothing():
+def test_permutation_methods_test_the_mixed_effects_statistic(tmp_path):
+    # maxt, clustersize and TFCE with model=mfx: the engine's observed statistic is the z map of the mixed-effects
+    # fit (written by the contrast stage), the scheme is sign-flipping, and the max-T survivors are the voxels whose
+    # |z| reaches the critical value of the null distribution the run wrote.
+    table = write_study(tmp_path / "study", n=10)
+    run_dir = tmp_path / "run"
+    run_analysis(run_dir, ["model=mfx", f"data.table={table}", "contrasts=[{name:mean,expr:Intercept}]",
+                           "correction=[maxt,clustersize,tfce]", "correction.maxt.n_permutations=200",
+                           "correction.clustersize.n_permutations=200", "correction.tfce.n_permutations=200",
+                           "correction.clustersize.cluster_forming_p=0.01", "report=false"])
+    z = load(run_dir, "contrast-mean_stat-z_statmap.nii.gz")
+    survivors = load(run_dir, "contrast-mean_stat-z_corr-maxt_statmap.nii.gz")
+    null = pd.read_csv(run_dir / "contrast-mean_corr-maxt_nulldist.tsv", sep="\t")["max_statistic"]
+    assert null.size == 200 and np.isclose(null.iloc[0], np.abs(z).max(), rtol=1e-6)
+    critical = np.sort(null.to_numpy())[int(np.ceil(0.95 * null.size)) - 1]
+    np.testing.assert_array_equal(survivors != 0, np.abs(z) >= critical * (1 - 1e-6))
+    np.testing.assert_allclose(survivors[survivors != 0], z[survivors != 0], rtol=1e-6)
+    for method in ("clustersize", "tfce"):
+        assert (run_dir / f"contrast-mean_stat-z_corr-{method}_statmap.nii.gz").exists()
+
+
+def test_mfx_refuses_variance_groups_and_smoothing():
     from runner.prevalidate import prevalidate
 
-    with pytest.raises(RunnerError, match="maxt, tfce permutes the OLS model.*model=mfx"):
-        prevalidate(["model=mfx", "correction=[fdr,maxt,tfce]"], str(CONF))
+    with pytest.raises(RunnerError, match="correction.maxt.variance_groups is for model=ols"):
+        prevalidate(["model=mfx", "correction=[maxt]", "correction.maxt.variance_groups=auto"], str(CONF))
     with pytest.raises(RunnerError, match="data.smoothing_fwhm.*model=mfx"):
         prevalidate(["model=mfx", "data.smoothing_fwhm=6"], str(CONF))
     with pytest.raises(RunnerError, match="model.tau2_estimator must be one of reml, dl"):

@@ -31,7 +31,8 @@ BUILTIN_MODULES = ("runner.inference.methods.height", "runner.inference.methods.
 @dataclass(frozen=True)
 class ContrastInputs:
     """Everything a method may read for one contrast: the data, the design, the contrast, its fit, the run settings,
-    and the run's executor for loops over independent work (None: the method's own local threads)."""
+    the run's executor for loops over independent work (None: the method's own local threads), and with
+    model=mfx the first-level variances (n_maps x n_voxels, the voxel order of ``data.Y``)."""
 
     data: "GroupData"
     design: "Design"
@@ -39,6 +40,7 @@ class ContrastInputs:
     fit: "ContrastResult"
     settings: "RunSettings"
     executor: Any = None
+    variances: Any = None
 
 
 # run(inputs, {method name: validated parameters}) -> BatchResult with one MethodResult per method named.
