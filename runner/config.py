@@ -239,8 +239,9 @@ def build_settings(config: Any) -> RunSettings:
 
 
 def _check_mixed_effects(model: ModelConfig, data: DataConfig, correction: dict[str, Any]) -> None:
-    """What model=mfx cannot do: smoothing (the variance maps would have to be smoothed by the squared kernel), and
-    variance groups in permutation methods (the first-level variances already weigh every map)."""
+    """What model=mfx cannot do: smoothing (the variance maps would have to be smoothed by the squared kernel),
+    variance groups in permutation methods (the first-level variances already weigh every map), and the validity
+    family (its null simulations fit OLS)."""
     if model.kind != "mfx":
         return
     if data.smoothing_fwhm:
@@ -248,6 +249,10 @@ def _check_mixed_effects(model: ModelConfig, data: DataConfig, correction: dict[
                           "model=mfx uses; smooth at the first level and unset data.smoothing_fwhm")
     from runner.inference.registry import get
 
+    simulated = [name for name in correction if get(name).family == "validity"]
+    if simulated:
+        raise RunnerError(f"correction {simulated[0]} simulates null data for the OLS model, not model=mfx; use "
+                          "model=ols for it (benchmarks/bench_mfx_permutation.py measures the mixed-effects methods)")
     grouped = [name for name, params in correction.items()
                if get(name).family == "permutation" and getattr(params, "variance_groups", None)]
     if grouped:

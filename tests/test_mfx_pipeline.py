@@ -119,8 +119,30 @@ def test_permutation_methods_test_the_mixed_effects_statistic(tmp_path):
         assert (run_dir / f"contrast-mean_stat-z_corr-{method}_statmap.nii.gz").exists()
 
 
-def test_mfx_refuses_variance_groups_and_smoothing():
+def test_rft_thresholds_the_mixed_effects_z_as_a_gaussian_field(tmp_path):
+    # Each voxel's t has its own effective dof, so RFT runs on the z map ("Z" field): its voxel-level survivors
+    # are the voxels whose |z| exceeds the recorded height threshold, itself the Z-field FWE threshold.
+    import json
+
+    table = write_study(tmp_path / "study", n=10)
+    run_dir = tmp_path / "run"
+    run_analysis(run_dir, ["model=mfx", f"data.table={table}", "contrasts=[{name:mean,expr:Intercept}]",
+                           "correction=[rft]", "report=false"])
+    z = load(run_dir, "contrast-mean_stat-z_statmap.nii.gz")
+    sidecar = json.loads((run_dir / "contrast-mean_stat-z_corr-rft_statmap.json").read_text())
+    assert sidecar["HeightStat"] == "Z"
+    height = sidecar["HeightThreshold"]
+    assert np.isfinite(height) and height > 2
+    assert height == pytest.approx(sidecar["Threshold"], rel=1e-9)  # on a Z field the z threshold is the height
+    survivors = load(run_dir, "contrast-mean_stat-z_corr-rft_statmap.nii.gz")
+    np.testing.assert_array_equal(survivors != 0, (np.abs(z) > height) & (z != 0))
+
+
+def test_mfx_refuses_variance_groups_validity_and_smoothing():
     from runner.prevalidate import prevalidate
+
+    with pytest.raises(RunnerError, match="validity simulates null data for the OLS model"):
+        prevalidate(["model=mfx", "correction=[validity]"], str(CONF))
 
     with pytest.raises(RunnerError, match="correction.maxt.variance_groups is for model=ols"):
         prevalidate(["model=mfx", "correction=[maxt]", "correction.maxt.variance_groups=auto"], str(CONF))
