@@ -50,7 +50,7 @@ def main() -> None:
             for method in args.methods:
                 # the permutation methods keep the statistic they permute: t for OLS, z for mixed effects
                 stat = "t" if method in permutation and model == "ols" else "z"
-                name = f"contrast-mean_stat-{stat}_corr-{method}_statmap.nii.gz"
+                name = f"contrast-mean_stat-{stat}_desc-{method}_statmap.nii.gz"
                 survivors = np.asarray(nib.load(run_dir / name).dataobj) != 0
                 rows.append((model, method, int((survivors & truth).sum()), int((survivors & ~truth).sum()),
                              seconds))

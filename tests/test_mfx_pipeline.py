@@ -109,14 +109,14 @@ def test_permutation_methods_test_the_mixed_effects_statistic(tmp_path):
                            "correction.clustersize.n_permutations=200", "correction.tfce.n_permutations=200",
                            "correction.clustersize.cluster_forming_p=0.01", "report=false"])
     z = load(run_dir, "contrast-mean_stat-z_statmap.nii.gz")
-    survivors = load(run_dir, "contrast-mean_stat-z_corr-maxt_statmap.nii.gz")
-    null = pd.read_csv(run_dir / "contrast-mean_corr-maxt_nulldist.tsv", sep="\t")["max_statistic"]
+    survivors = load(run_dir, "contrast-mean_stat-z_desc-maxt_statmap.nii.gz")
+    null = pd.read_csv(run_dir / "contrast-mean_desc-maxt_nulldist.tsv", sep="\t")["max_statistic"]
     assert null.size == 200 and np.isclose(null.iloc[0], np.abs(z).max(), rtol=1e-6)
     critical = np.sort(null.to_numpy())[int(np.ceil(0.95 * null.size)) - 1]
     np.testing.assert_array_equal(survivors != 0, np.abs(z) >= critical * (1 - 1e-6))
     np.testing.assert_allclose(survivors[survivors != 0], z[survivors != 0], rtol=1e-6)
     for method in ("clustersize", "tfce"):
-        assert (run_dir / f"contrast-mean_stat-z_corr-{method}_statmap.nii.gz").exists()
+        assert (run_dir / f"contrast-mean_stat-z_desc-{method}_statmap.nii.gz").exists()
 
 
 def test_rft_thresholds_the_mixed_effects_z_as_a_gaussian_field(tmp_path):
@@ -129,12 +129,12 @@ def test_rft_thresholds_the_mixed_effects_z_as_a_gaussian_field(tmp_path):
     run_analysis(run_dir, ["model=mfx", f"data.table={table}", "contrasts=[{name:mean,expr:Intercept}]",
                            "correction=[rft]", "report=false"])
     z = load(run_dir, "contrast-mean_stat-z_statmap.nii.gz")
-    sidecar = json.loads((run_dir / "contrast-mean_stat-z_corr-rft_statmap.json").read_text())
+    sidecar = json.loads((run_dir / "contrast-mean_stat-z_desc-rft_statmap.json").read_text())
     assert sidecar["HeightStat"] == "Z"
     height = sidecar["HeightThreshold"]
     assert np.isfinite(height) and height > 2
     assert height == pytest.approx(sidecar["Threshold"], rel=1e-9)  # on a Z field the z threshold is the height
-    survivors = load(run_dir, "contrast-mean_stat-z_corr-rft_statmap.nii.gz")
+    survivors = load(run_dir, "contrast-mean_stat-z_desc-rft_statmap.nii.gz")
     np.testing.assert_array_equal(survivors != 0, (np.abs(z) > height) & (z != 0))
 
 
@@ -167,7 +167,7 @@ def test_demo_mfx_finds_more_of_the_planted_mean_than_ols(tmp_path):
         run_dir = tmp_path / model
         run_analysis(run_dir, ["+experiment=mfx", f"model={model}", "report=false"])
         for method in ("fdr", "bonferroni"):
-            survivors = load(run_dir, f"contrast-mean_stat-z_corr-{method}_statmap.nii.gz") != 0
+            survivors = load(run_dir, f"contrast-mean_stat-z_desc-{method}_statmap.nii.gz") != 0
             found[model, method] = (int((survivors & truth).sum()), int((survivors & ~truth).sum()))
     for method in ("fdr", "bonferroni"):
         assert found["mfx", method][0] > 1.25 * found["ols", method][0], found

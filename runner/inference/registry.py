@@ -54,7 +54,7 @@ class InferenceMethod:
     Attributes
     ----------
     name : str
-        The config name (``correction=[<name>]``) and the ``corr-<name>`` entity of its outputs.
+        The config name (``correction=[<name>]``) and the ``desc-<name>`` entity of its outputs.
     family : str
         ``parametric``, ``permutation``, ``ari`` ...: families run in ``FAMILY_ORDER``, then in registration order.
     schema : type

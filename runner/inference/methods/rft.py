@@ -130,9 +130,9 @@ def footer_pairs(footer: dict[str, Any], stat: str, cluster_forming_p: float, al
 def run_rft(inputs: ContrastInputs, params_by_method: dict[str, Any]) -> BatchResult:
     """Voxel-level FWE map, thresholded z map, RPV map, SPM's cluster table and footer for one contrast.
 
-    The voxel level thresholds z where the statistic exceeds the FWE height threshold (``stat-z_corr-rft``); the
+    The voxel level thresholds z where the statistic exceeds the FWE height threshold (``stat-z_desc-rft``); the
     cluster level keeps the clusters above the cluster-forming threshold whose cluster FWE p is below alpha
-    (``stat-z_corr-rft_desc-clusterlevel``).
+    (``stat-z_desc-rftClusterlevel``).
     """
     from runner.inference.methods.permutation import signed_logp
     from runner.inference.rft import fwe
