@@ -51,38 +51,34 @@ class MixedEffectsFit:
     converged: np.ndarray  # (V,) bool: REML converged within MAX_ITERATIONS (always True for DL)
 
 
-def _gram(X: np.ndarray, weights: np.ndarray) -> np.ndarray:
+def weighted_gram(X: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """``X' diag(weights_v) X`` for every voxel v (V, p, p): one GEMM of the weights with the products of columns."""
     n, p = X.shape
     pairs = (X[:, :, None] * X[:, None, :]).reshape(n, p * p)
     return (weights.T @ pairs).reshape(-1, p, p)
 
 
-def _invert(information: np.ndarray) -> np.ndarray:
-    """``(X'WX)^-1`` of every voxel: LU for full-rank designs (fast), the pseudo-inverse when X is rank deficient."""
-    if information.shape[1] == 1:
+def invert_information(information: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """``(X'WX)^-1`` of every voxel: LU when X has full column rank (fast; positive weights keep X'WX invertible),
+    the pseudo-inverse when X is rank deficient."""
+    if X.shape[1] == 1:
         with np.errstate(divide="ignore"):
             return 1.0 / information
-    try:
-        inverse = np.linalg.inv(information)
-    except np.linalg.LinAlgError:
+    if design_rank(X) < X.shape[1]:
         return np.linalg.pinv(information, hermitian=True)
-    # a rank-deficient X gives singular (or numerically singular) systems at every voxel
-    if not np.all(np.isfinite(inverse)) or np.linalg.cond(information[:1]).max() > 1e12:
-        return np.linalg.pinv(information, hermitian=True)
-    return inverse
+    return np.linalg.inv(information)
 
 
 def _weighted_fit(Y: np.ndarray, W: np.ndarray, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """WLS at every voxel with its own weights: ``A = (X'WX)^-1`` (V, p, p), ``beta`` (p, V), residuals (n, V)."""
-    A = _invert(_gram(X, W))
+    A = invert_information(weighted_gram(X, W), X)
     beta = np.einsum("vij,vj->iv", A, (W * Y).T @ X)
     return A, beta, Y - X @ beta
 
 
 def _trace_AB(A: np.ndarray, X: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """``tr(A_v X' diag(weights_v) X)`` for every voxel v."""
-    return np.einsum("vij,vji->v", A, _gram(X, weights))
+    return np.einsum("vij,vji->v", A, weighted_gram(X, weights))
 
 
 def tau2_dersimonian_laird(Y: np.ndarray, S: np.ndarray, X: np.ndarray) -> np.ndarray:
@@ -167,9 +163,9 @@ def tau2_reml(Y: np.ndarray, S: np.ndarray, X: np.ndarray, *, max_iterations: in
 def _reml_likelihood(Y: np.ndarray, S: np.ndarray, X: np.ndarray, tau2: np.ndarray) -> np.ndarray:
     """Restricted log-likelihood up to a constant: ``-(sum log(s_i + tau2) + log|X'WX| + e'We) / 2``."""
     W = 1.0 / (S + tau2)
-    information = _gram(X, W)
+    information = weighted_gram(X, W)
     _, log_det = np.linalg.slogdet(information)
-    A = _invert(information)
+    A = invert_information(information, X)
     beta = np.einsum("vij,vj->iv", A, (W * Y).T @ X)
     residuals = Y - X @ beta
     return -0.5 * (np.log(S + tau2).sum(axis=0) + log_det + np.einsum("nv,nv->v", W, residuals**2))
@@ -185,8 +181,8 @@ def _reml_likelihood_and_step(Y: np.ndarray, S: np.ndarray, X: np.ndarray,
     W = 1.0 / (S + tau2)
     A, _, residuals = _weighted_fit(Y, W, X)
     W2 = W**2
-    B2 = _gram(X, W2)  # X'W^2X
-    B3 = _gram(X, W2 * W)  # X'W^3X
+    B2 = weighted_gram(X, W2)  # X'W^2X
+    B3 = weighted_gram(X, W2 * W)  # X'W^3X
     AB2 = A @ B2
     trace_p = W.sum(axis=0) - np.einsum("vii->v", AB2)
     # tr(PP) = tr(W^2) - 2 tr(A X'W^3X) + tr(A X'W^2X A X'W^2X)

@@ -273,3 +273,14 @@ def test_bad_shapes_and_variances_are_internal_errors():
         mfx.mfx_fit(Y, S, X, estimator="ml")
     with pytest.raises(ValueError, match="dof"):
         mfx.mfx_fit(Y, S, X, dof="satterthwaite")
+
+
+def test_rank_deficient_design_gives_the_full_rank_estimable_contrast():
+    # A duplicated column: the pseudo-inverse path must give the same tau2 and the same t of an estimable contrast
+    # as the full-rank design (the WLS fit depends on the column space only).
+    Y, S, X = small_demo(seed=8, n_voxels=40)
+    doubled = np.column_stack([X, X[:, 1]])
+    full, deficient = mfx.mfx_fit(Y, S, X), mfx.mfx_fit(Y, S, doubled)
+    np.testing.assert_allclose(deficient.tau2, full.tau2, rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(mfx.t_contrast(deficient, [0.0, 0.5, 0.5]).stat,
+                               mfx.t_contrast(full, [0.0, 1.0]).stat, rtol=1e-7)

@@ -148,7 +148,7 @@ def _fixed_statistics(kernel: MixedEffectsKernel, data: np.ndarray, S: np.ndarra
     X, C = kernel.design, kernel.contrast
     n, p = X.shape
     W = 1.0 / (S + tau2)
-    A = mfx._invert(mfx._gram(X, W))  # (v, p, p) (X'WX)^-1, the same at every flip
+    A = mfx.invert_information(mfx.weighted_gram(X, W), X)  # (v, p, p) (X'WX)^-1, the same at every flip
     rank = mfx.design_rank(X)
     nominal = n - rank
     weighted = W * data  # w e
@@ -164,7 +164,7 @@ def _fixed_statistics(kernel: MixedEffectsKernel, data: np.ndarray, S: np.ndarra
     voxel_dof = np.full(data.shape[1], float(nominal))
     if kernel.dof == "effective" and nominal > 0:
         voxel_dof = np.clip(W.sum(axis=0) ** 2 / np.einsum("nv,nv->v", W, W) - rank, 1.0, nominal)
-    dof = np.broadcast_to(voxel_dof, scale.shape if scale.shape[0] > 1 else (signs.shape[0], data.shape[1]))
+    dof = np.broadcast_to(voxel_dof, (signs.shape[0], data.shape[1]))
     middle = np.einsum("ai,vij,bj->vab", C, A, C)  # C (X'WX)^-1 C'
     if C.shape[0] == 1:
         t = effects[:, 0] / np.sqrt(middle[:, 0, 0] * scale)
