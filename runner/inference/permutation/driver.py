@@ -8,6 +8,7 @@ The steps follow PALM: partition the model (:mod:`.model`), draw the permutation
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
@@ -25,7 +26,6 @@ from runner.inference.permutation.blocks import (
     spatial_unit,
 )
 from runner.inference.permutation import mixed_effects
-from runner.inference.permutation.mixed_effects import MixedEffectsKernel
 from runner.inference.permutation.model import partition_model, residualise, separate_invariant_nuisance
 from runner.inference.permutation.options import (
     DEFAULT_MEMORY_BUDGET,
@@ -218,18 +218,17 @@ def permutation_inference(
     signed = np.empty(n_voxels)
     dof_map = None if (kernel is None or mixed is not None) else np.empty(n_voxels)
     chunk = max(1, min(n_voxels, budget // (8 * (3 * n_rows + 4 * rank + 8))))
-    tau2 = np.empty(n_voxels) if mixed is not None else None
-    if mixed is not None:
+    if mixed is not None:  # tau2 of the unflipped data (the maps' tau2) fixes the weights, chunk by chunk below
+        kernel = dataclasses.replace(kernel, tau2=np.empty(n_voxels))
         chunk = max(1, min(n_voxels, budget // (8 * 16 * n_rows)))
     elif kernel is not None:
         chunk = max(1, min(n_voxels, budget // (8 * (2 * n_rows + kernel.working_rows))))
     for v0 in range(0, n_voxels, chunk):
-        if mixed is not None:  # tau2 of the data (the maps' tau2) fixes the weights, then the observed z
+        if mixed is not None:
             voxels = slice(v0, v0 + chunk)
-            tau2[voxels] = mixed_effects.fit_tau2(kernel, Y[:, voxels], voxels)
-            kernel_chunk = MixedEffectsKernel(**{**kernel.__dict__, "tau2": tau2})
+            kernel.tau2[voxels] = mixed_effects.fit_tau2(kernel, Y[:, voxels], voxels)
             _, observed_data = residualise(Y[:, voxels], model, options.method)
-            signed[voxels] = mixed_effects.observed_statistics(kernel_chunk, observed_data, voxels)
+            signed[voxels] = mixed_effects.observed_statistics(kernel, observed_data, voxels)
             release_pages(Y)
             continue
         if kernel is not None:
@@ -239,8 +238,6 @@ def permutation_inference(
         _, observed_data = residualise(Y[:, v0 : v0 + chunk], model, options.method)
         signed[v0 : v0 + chunk] = observed_scores(observed_data, model, map_mode)
         release_pages(Y)
-    if mixed is not None:
-        kernel = MixedEffectsKernel(**{**kernel.__dict__, "tau2": tau2})
     observed = np.abs(signed) if mode == "abs" else signed
     stat = signed.copy() if kernel is not None else scores_to_statistics(signed, model, map_mode)
     excluded = np.isnan(observed)
