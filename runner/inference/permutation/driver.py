@@ -208,8 +208,9 @@ def permutation_inference(
     threshold = None
     if any(m in CLUSTER_METHODS for m in methods):
         threshold = cluster_forming_threshold(options.cluster_forming_p, model, two_sided, on_z=mixed is not None)
+        forming_stat = "z" if mixed is not None else model.stat_type
         messages.append(
-            f"cluster-forming threshold {'z' if mixed is not None else model.stat_type} > {threshold:.4g} (p < {options.cluster_forming_p}"
+            f"cluster-forming threshold {forming_stat} > {threshold:.4g} (p < {options.cluster_forming_p}"
             f"{', two-sided' if two_sided else ''}), {neighbourhood}"
         )
 
