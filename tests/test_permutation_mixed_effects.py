@@ -106,3 +106,22 @@ def test_null_family_wise_error_is_calibrated_with_heterogeneous_variances():
                       .corrected_p["maxt"] < 0.05).any())
     low, high = sps.binom.ppf([0.0005, 0.9995], n_datasets, 0.05) / n_datasets
     assert low <= hits / n_datasets <= high, hits
+
+
+def test_fixed_weights_flip_f_is_statsmodels_wls_f_test():
+    import statsmodels.api as sm
+
+    Y, S, X, rng = study(seed=4, n_voxels=12)
+    X = np.column_stack([X, rng.normal(size=X.shape[0])])
+    C = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    fit = mfx.mfx_fit(Y, S, X)
+    kernel = mixed_effects.make_kernel(X, C, S, tau2=fit.tau2)
+    signs = rng.choice([-1.0, 1.0], size=(3, X.shape[0]))
+    z = mixed_effects.flipped_statistics(kernel, Y, slice(None), signs)
+    n, p = X.shape
+    for b in range(signs.shape[0]):
+        for v in range(Y.shape[1]):
+            w = 1 / (S[:, v] + fit.tau2[v])
+            f = float(np.squeeze(sm.WLS(signs[b] * Y[:, v], X, weights=w).fit().f_test(C).fvalue))
+            dof = np.clip(w.sum() ** 2 / (w**2).sum() - p, 1, n - p)
+            np.testing.assert_allclose(z[b, v], sps.norm.isf(sps.f.sf(f, 2, dof)), rtol=1e-7, atol=1e-9)
