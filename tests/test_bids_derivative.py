@@ -52,7 +52,8 @@ def extended_schema(schema):
     after_task = order.index("task") + 1
     tree["rules"]["entities"] = order[:after_task] + ["contrast", "stat"] + order[after_task:]
     tree["rules"]["files"]["deriv"]["statistics"] = {"group_statmap": {
-        "entities": {"task": "optional", "contrast": "required", "stat": "required", "hemisphere": "optional",
+        # contrast optional: model-level maps (model=mfx's stat-tau2, stat-dof) belong to no contrast
+        "entities": {"task": "optional", "contrast": "optional", "stat": "required", "hemisphere": "optional",
                      "space": "optional", "description": "optional"},
         "suffixes": ["statmap"], "extensions": [".nii.gz", ".nii", ".func.gii", ".json"], "datatypes": [""]}}
     return Namespace.build(tree)
@@ -89,10 +90,12 @@ def test_every_map_and_sidecar_passes_the_schema_file_rules(run_dir, schema):
     assert any(rule.match("dataset_description.json") for rule in released)
 
 
-def test_surface_map_names_pass_the_schema_file_rules(schema):
+def test_surface_and_model_level_map_names_pass_the_schema_file_rules(schema):
     from runner.outputs.naming import surface_map_name
 
     compiled = schema_file_rules(extended_schema(schema))
+    for name in ("stat-tau2_statmap.nii.gz", "stat-tau2_statmap.json", "stat-dof_statmap.nii.gz"):  # model=mfx
+        assert any(rule.match(name) for rule in compiled), name
     for correction, desc in ((None, None), ("fdr", None), ("rft", "clusterlevel"), (None, "permutation")):
         name = surface_map_name("mean", "z", "L", correction, desc=desc)
         assert any(rule.match(name) for rule in compiled), name
