@@ -244,8 +244,9 @@ def build_settings(config: Any) -> RunSettings:
 
 
 def _check_mixed_effects(model: ModelConfig, data: DataConfig, correction: dict[str, Any]) -> None:
-    """What model=mfx cannot do yet: permutation methods (they permute the OLS model, so they would test another
-    statistic than the maps), and smoothing (the variance maps would have to be smoothed by the squared kernel)."""
+    """What model=mfx cannot do: smoothing (the variance maps would have to be smoothed by the squared kernel),
+    variance groups in permutation methods (the first-level variances already weigh every map), and the validity
+    family (its null simulations fit OLS)."""
     if model.kind != "mfx":
         return
     if data.smoothing_fwhm:
@@ -253,10 +254,15 @@ def _check_mixed_effects(model: ModelConfig, data: DataConfig, correction: dict[
                           "model=mfx uses; smooth at the first level and unset data.smoothing_fwhm")
     from runner.inference.registry import get
 
-    permuted = [name for name in correction if get(name).family == "permutation"]
-    if permuted:
-        raise RunnerError(f"correction {', '.join(permuted)} permutes the OLS model and is not available with "
-                          "model=mfx yet; use fdr, bonferroni, fpr or ari with model=mfx, or model=ols")
+    simulated = [name for name in correction if get(name).family == "validity"]
+    if simulated:
+        raise RunnerError(f"correction {simulated[0]} simulates null data for the OLS model, not model=mfx; use "
+                          "model=ols for it (benchmarks/bench_mfx_permutation.py measures the mixed-effects methods)")
+    grouped = [name for name, params in correction.items()
+               if get(name).family == "permutation" and getattr(params, "variance_groups", None)]
+    if grouped:
+        raise RunnerError(f"correction.{grouped[0]}.variance_groups is for model=ols: with model=mfx each map is "
+                          "weighted by its own first-level variance already; unset variance_groups")
 
 
 def convert(cls: type, mapping: Any, prefix: str) -> Any:

@@ -51,17 +51,34 @@ class MixedEffectsFit:
     converged: np.ndarray  # (V,) bool: REML converged within MAX_ITERATIONS (always True for DL)
 
 
+def weighted_gram(X: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """``X' diag(weights_v) X`` for every voxel v (V, p, p): one GEMM of the weights with the products of columns."""
+    n, p = X.shape
+    pairs = (X[:, :, None] * X[:, None, :]).reshape(n, p * p)
+    return (weights.T @ pairs).reshape(-1, p, p)
+
+
+def invert_information(information: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """``(X'WX)^-1`` of every voxel: LU when X has full column rank (fast; positive weights keep X'WX invertible),
+    the pseudo-inverse when X is rank deficient."""
+    if X.shape[1] == 1:
+        with np.errstate(divide="ignore"):
+            return 1.0 / information
+    if design_rank(X) < X.shape[1]:
+        return np.linalg.pinv(information, hermitian=True)
+    return np.linalg.inv(information)
+
+
 def _weighted_fit(Y: np.ndarray, W: np.ndarray, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """WLS at every voxel with its own weights: ``A = (X'WX)^-1`` (V, p, p), ``beta`` (p, V), residuals (n, V)."""
-    information = np.einsum("ni,nv,nj->vij", X, W, X)
-    A = np.linalg.pinv(information, hermitian=True)
-    beta = np.einsum("vij,nj,nv->iv", A, X, W * Y)
+    A = invert_information(weighted_gram(X, W), X)
+    beta = np.einsum("vij,vj->iv", A, (W * Y).T @ X)
     return A, beta, Y - X @ beta
 
 
 def _trace_AB(A: np.ndarray, X: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """``tr(A_v X' diag(weights_v) X)`` for every voxel v."""
-    return np.einsum("vij,nj,nv,ni->v", A, X, weights, X)
+    return np.einsum("vij,vji->v", A, weighted_gram(X, weights))
 
 
 def tau2_dersimonian_laird(Y: np.ndarray, S: np.ndarray, X: np.ndarray) -> np.ndarray:
@@ -146,10 +163,10 @@ def tau2_reml(Y: np.ndarray, S: np.ndarray, X: np.ndarray, *, max_iterations: in
 def _reml_likelihood(Y: np.ndarray, S: np.ndarray, X: np.ndarray, tau2: np.ndarray) -> np.ndarray:
     """Restricted log-likelihood up to a constant: ``-(sum log(s_i + tau2) + log|X'WX| + e'We) / 2``."""
     W = 1.0 / (S + tau2)
-    information = np.einsum("ni,nv,nj->vij", X, W, X)
+    information = weighted_gram(X, W)
     _, log_det = np.linalg.slogdet(information)
-    A = np.linalg.pinv(information, hermitian=True)
-    beta = np.einsum("vij,nj,nv->iv", A, X, W * Y)
+    A = invert_information(information, X)
+    beta = np.einsum("vij,vj->iv", A, (W * Y).T @ X)
     residuals = Y - X @ beta
     return -0.5 * (np.log(S + tau2).sum(axis=0) + log_det + np.einsum("nv,nv->v", W, residuals**2))
 
@@ -164,8 +181,8 @@ def _reml_likelihood_and_step(Y: np.ndarray, S: np.ndarray, X: np.ndarray,
     W = 1.0 / (S + tau2)
     A, _, residuals = _weighted_fit(Y, W, X)
     W2 = W**2
-    B2 = np.einsum("ni,nv,nj->vij", X, W2, X)  # X'W^2X
-    B3 = np.einsum("ni,nv,nj->vij", X, W2 * W, X)  # X'W^3X
+    B2 = weighted_gram(X, W2)  # X'W^2X
+    B3 = weighted_gram(X, W2 * W)  # X'W^3X
     AB2 = A @ B2
     trace_p = W.sum(axis=0) - np.einsum("vii->v", AB2)
     # tr(PP) = tr(W^2) - 2 tr(A X'W^3X) + tr(A X'W^2X A X'W^2X)
@@ -173,7 +190,7 @@ def _reml_likelihood_and_step(Y: np.ndarray, S: np.ndarray, X: np.ndarray,
     ypp_y = np.einsum("nv,nv->v", W2, residuals**2)
     # Observed information (twice it): 2 y'PPPy - tr(PP), with y'PPPy = u'Pu, u = Py = We.
     u = W * residuals
-    pu = W * u - W * (X @ np.einsum("vij,nj,nv->iv", A, X, W * u))
+    pu = W * u - W * (X @ np.einsum("vij,vj->iv", A, (W * u).T @ X))
     observed = 2 * np.einsum("nv,nv->v", u, pu) - trace_pp
     # Newton where the likelihood is locally concave (quadratic convergence), Fisher scoring elsewhere.
     curvature = np.where(observed > 0, observed, trace_pp)

@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # only annotations: importing a method's schema (to check a c
 class MapOutput:
     """A statistical map to write: ``values`` (V,) put back on the grid with ``fill`` outside the analysed elements.
 
-    ``correction`` None means an uncorrected map of the method's family (named without ``corr-``); ``desc`` adds a
+    ``correction`` None means an uncorrected map of the method's family (named without the method in ``desc-``); ``desc`` adds a
     BIDS ``desc-`` entity to the name built from contrast, stat and correction.
     """
 
@@ -35,7 +35,7 @@ class MapOutput:
 
 @dataclass(frozen=True)
 class TableOutput:
-    """A TSV table to write, named ``contrast-<c>_corr-<m>_<suffix>.tsv``.
+    """A TSV table to write, named ``contrast-<c>_desc-<m>_<suffix>.tsv``.
 
     Tables of kind ``clusters`` are shown in the report; give other tables ``meta={"shown_in_report": True}`` to
     show them too (every row, as written).

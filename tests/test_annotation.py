@@ -109,7 +109,7 @@ def test_surface_cluster_tables_gain_the_peaks_labels(tmp_path):
                            "correction=[fpr,ari]", "correction.fpr.alpha=0.001", "correction.ari.thresholds=[3.0]",
                            "contrasts=[{name:mean,expr:Intercept}]"])
     for method in ("fpr", "ari"):
-        table = pd.read_csv(run_dir / f"contrast-mean_corr-{method}_clusters.tsv", sep="\t", na_values="n/a")
+        table = pd.read_csv(run_dir / f"contrast-mean_desc-{method}_clusters.tsv", sep="\t", na_values="n/a")
         assert list(table.columns).index("label") == list(table.columns).index("vertex") + 1
         assert {"L", "R"} <= set(table["hemi"])
         for _, row in table.iterrows():

@@ -33,14 +33,14 @@ def test_default_run_writes_a_complete_manifest(tmp_path):
     paths = {entry["path"] for entry in manifest["outputs"]}
     for stat in ("effect", "variance", "t", "z", "p"):
         assert f"contrast-mean_stat-{stat}_statmap.nii.gz" in paths
-    assert "contrast-mean_stat-z_corr-fdr_statmap.nii.gz" in paths
-    assert "contrast-mean_corr-fdr_clusters.tsv" in paths
+    assert "contrast-mean_stat-z_desc-fdr_statmap.nii.gz" in paths
+    assert "contrast-mean_desc-fdr_clusters.tsv" in paths
     assert "design_matrix.tsv" in paths
     for entry in manifest["outputs"]:
         assert (run_dir / entry["path"]).is_file()
         assert entry["kind"] in {"map", "sidecar", "description", "clusters", "table", "figure", "design", "config",
                                  "report"}
-    fdr = next(e for e in manifest["outputs"] if e["path"] == "contrast-mean_stat-z_corr-fdr_statmap.nii.gz")
+    fdr = next(e for e in manifest["outputs"] if e["path"] == "contrast-mean_stat-z_desc-fdr_statmap.nii.gz")
     assert fdr["correction"] == "fdr" and fdr["alpha"] == 0.05 and fdr["stat"] == "z" and fdr["threshold"] > 2
     assert len(manifest["inputs"]) == 30 and all(len(i["sha256"]) == 64 for i in manifest["inputs"])
     assert not list(run_dir.rglob(".tmp-*"))
@@ -105,24 +105,24 @@ def test_permutation_outputs_are_consistent_with_their_null(tmp_path):
                            "correction=[maxt,clustersize]", "correction.clustersize.n_permutations=200"])
     manifest = json.loads((run_dir / "manifest.json").read_text())
     by_path = {e["path"]: e for e in manifest["outputs"]}
-    logp_entry = by_path["contrast-mean_stat-logp_corr-maxt_statmap.nii.gz"]
+    logp_entry = by_path["contrast-mean_stat-logp_desc-maxt_statmap.nii.gz"]
     assert logp_entry["correction"] == "maxt" and logp_entry["stat"] == "logp" and logp_entry["n_permutations"] == 200
     import pandas as pd
 
-    null = pd.read_csv(run_dir / "contrast-mean_corr-maxt_nulldist.tsv", sep="\t")["max_statistic"].to_numpy()
+    null = pd.read_csv(run_dir / "contrast-mean_desc-maxt_nulldist.tsv", sep="\t")["max_statistic"].to_numpy()
     t = nib.load(run_dir / "contrast-mean_stat-t_statmap.nii.gz").get_fdata()
-    logp = nib.load(run_dir / "contrast-mean_stat-logp_corr-maxt_statmap.nii.gz").get_fdata()
+    logp = nib.load(run_dir / "contrast-mean_stat-logp_desc-maxt_statmap.nii.gz").get_fdata()
     mask = t != 0
     expected = np.sign(t[mask]) * -np.log10((null[None, :] >= np.abs(t[mask])[:, None] - 1e-6).mean(axis=1))
     np.testing.assert_allclose(logp[mask], expected, atol=1e-5)
     assert null.size == 200 and null[0] == pytest.approx(np.abs(t).max(), rel=1e-5)
     # the recorded critical value separates surviving from non-surviving voxels
-    survivors = nib.load(run_dir / "contrast-mean_stat-t_corr-maxt_statmap.nii.gz").get_fdata() != 0
-    critical = by_path["contrast-mean_stat-t_corr-maxt_statmap.nii.gz"]["threshold"]
+    survivors = nib.load(run_dir / "contrast-mean_stat-t_desc-maxt_statmap.nii.gz").get_fdata() != 0
+    critical = by_path["contrast-mean_stat-t_desc-maxt_statmap.nii.gz"]["threshold"]
     assert np.all(np.abs(t[survivors]) > critical - 1e-6)
     assert np.all(np.abs(t[mask & ~survivors]) <= critical + 1e-6)
     assert survivors.any()
-    clusters = pd.read_csv(run_dir / "contrast-mean_corr-clustersize_clusters.tsv", sep="\t")
+    clusters = pd.read_csv(run_dir / "contrast-mean_desc-clustersize_clusters.tsv", sep="\t")
     assert {"x", "y", "z", "size_voxels", "p_fwe"} <= set(clusters.columns)
     assert ((clusters.p_fwe > 0) & (clusters.p_fwe <= 1)).all()
     assert "contrast-mean_stat-p_desc-permutation_statmap.nii.gz" in by_path

@@ -66,7 +66,7 @@ def test_user_config_dir_with_own_experiment(tmp_path):
     result = run_cli(["--config-dir", str(tmp_path / "my_confs"), "+experiment=my_analysis", "report=false"],
                      cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert list((tmp_path / "experiments" / "mine").rglob("contrast-mean_stat-z_corr-bonferroni_statmap.nii.gz"))
+    assert list((tmp_path / "experiments" / "mine").rglob("contrast-mean_stat-z_desc-bonferroni_statmap.nii.gz"))
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -161,7 +161,7 @@ def test_a_run_on_a_dask_cluster_writes_the_same_files_as_local_threads(tmp_path
         digests.append({entry["path"]: hashlib.sha256((run_dir / entry["path"]).read_bytes()).hexdigest()
                         for entry in manifest["outputs"] if entry["path"] not in ("config.yaml", "report.html")})
     assert digests[0] == digests[1]
-    assert any("corr-ari" in path for path in digests[0]) and any("tfce" in path for path in digests[0])
+    assert any("desc-ari" in path for path in digests[0]) and any("tfce" in path for path in digests[0])
     log = (tmp_path / "dask" / "run.log").read_text()
     assert "executor: Dask, a local cluster of 2 worker(s)" in log and "dashboard" in log
     assert "[distributed.nanny][INFO]" not in log  # Dask's own chatter stays out of the record

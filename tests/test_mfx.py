@@ -76,6 +76,89 @@ def test_tau2_beta_and_z_agree_with_pymare(estimator, knapp_hartung, dof):
         assert result.dof == n - p
 
 
+def restricted_score(y, s, X, tau2):
+    """d/dtau2 of the REML log-likelihood of one voxel, dense: (y'PPy - tr(P)) / 2 (Harville 1977)."""
+    Vi = np.diag(1 / (s + tau2))
+    P = Vi - Vi @ X @ np.linalg.solve(X.T @ Vi @ X, X.T @ Vi)
+    Py = P @ y
+    return 0.5 * (Py @ Py - np.trace(P))
+
+
+def reml_root(y, s, X):
+    """The REML tau2 of one voxel found independently: 0 where the score at 0 is not positive, else Brent's root of
+    the dense score (to 1e-14 of the mean first-level variance)."""
+    from scipy import optimize
+
+    if restricted_score(y, s, X, 0.0) <= 0:
+        return 0.0
+    high = s.mean()
+    while restricted_score(y, s, X, high) > 0:
+        high *= 4
+    return optimize.brentq(lambda t: restricted_score(y, s, X, t), 0.0, high, xtol=1e-14 * s.mean(), rtol=1e-15,
+                           maxiter=500)
+
+
+def test_reml_tau2_beta_and_z_are_the_score_root_within_1e6_relative_at_every_voxel():
+    # The independent reference for REML: the root of the restricted score, written densely per voxel and solved
+    # by Brent's method; beta and t from statsmodels WLS at that tau2 (its scale is e'We / (n - p): Knapp-Hartung).
+    # Rule for the boundary: a voxel whose tau2 is at most 1e-10 of its mean first-level variance in both counts as
+    # tau2 = 0 in both (the score at 0 is then not positive); every other voxel must agree within 1e-6 relative
+    # (measured: 5e-13 at worst over 1800 voxels).
+    import statsmodels.api as sm
+
+    Y, S, X = small_demo(seed=6, n_voxels=150)
+    fit = mfx.mfx_fit(Y, S, X)
+    t = mfx.t_contrast(fit, [0.0, 1.0]).stat
+    boundary = 0
+    for v in range(Y.shape[1]):
+        root = reml_root(Y[:, v], S[:, v], X)
+        if max(root, fit.tau2[v]) <= 1e-10 * S[:, v].mean():
+            boundary += 1
+        else:
+            assert abs(fit.tau2[v] - root) <= 1e-6 * root, (v, fit.tau2[v], root)
+        wls = sm.WLS(Y[:, v], X, weights=1 / (S[:, v] + root)).fit()
+        np.testing.assert_allclose(fit.beta[:, v], wls.params, rtol=1e-6)
+        np.testing.assert_allclose(t[v], wls.tvalues[1], rtol=1e-6)
+    assert 10 < boundary < 100
+
+
+def test_pymare_agrees_within_the_resolution_of_its_likelihood_search():
+    # PyMARE minimises the likelihood by its values (a scan and parabolic steps), which in double precision cannot
+    # tell apart tau2 values whose restricted likelihoods differ by less than ~1e-15 of the likelihood: near the
+    # optimum that is a band of about 1e-8 of the first-level variances wide. Where tau2 is below ~1e-2 of them
+    # (about 0.2% of the voxels here) 1e-6 relative is then beyond what its answer resolves, even with xtol 1e-15
+    # and ftol 0. So: 1e-6 relative at every voxel, except both below 1e-10 of the mean first-level variance
+    # (tau2 = 0), or within that band with a restricted likelihood no higher than ours.
+    Y, S, X = small_demo(seed=0, n_voxels=2000)
+    fit = mfx.mfx_fit(Y, S, X)
+    ours = fit.tau2
+    params = VarianceBasedLikelihoodEstimator(method="REML", small_sample_correction="knapp-hartung", xtol=1e-15,
+                                              ftol=0.0, maxiter=500).fit(Y, S, X).params_
+    theirs = np.ravel(params["tau2"])
+    scale = S.mean(axis=0)
+    zero = np.maximum(ours, theirs) <= 1e-10 * scale
+    relative = ~zero & (np.abs(ours - theirs) <= 1e-6 * theirs)
+    band = ~zero & ~relative
+    assert band.sum() <= 0.005 * ours.size
+    for v in np.flatnonzero(band):
+        assert abs(ours[v] - theirs[v]) <= 1e-8 * scale[v]
+        ll_ours = restricted_log_likelihood(Y[:, v], S[:, v], X, ours[v])
+        ll_theirs = restricted_log_likelihood(Y[:, v], S[:, v], X, theirs[v])
+        assert ll_theirs <= ll_ours + 1e-13 * abs(ll_ours)
+        assert abs(restricted_score(Y[:, v], S[:, v], X, ours[v])) <= abs(
+            restricted_score(Y[:, v], S[:, v], X, theirs[v]))
+    # beta and the Wald z inherit PyMARE's tau2 (up to 1e-6 relative): near beta = 0 that is 1e-6 of the
+    # standard error, not of beta (plain relative holds against the score root, in the test above)
+    se = np.sqrt(np.einsum("iiv->iv", params["inv_cov"]))
+    fine = ~band
+    np.testing.assert_array_less(np.abs(fit.beta - params["fe_params"])[:, fine],
+                                 1e-6 * np.maximum(np.abs(params["fe_params"]), se)[:, fine])
+    for column in range(X.shape[1]):
+        z = mfx.t_contrast(fit, np.eye(X.shape[1])[column]).stat
+        np.testing.assert_allclose(z[fine], (params["fe_params"][column] / se[column])[fine], rtol=1e-6,
+                                   atol=1e-6)
+
+
 def test_reml_reaches_the_likelihood_maximum_pymare_reaches():
     Y, S, X = small_demo(seed=1, n_voxels=120)
     ours, _, _ = mfx.tau2_reml(Y, S, X)
@@ -190,3 +273,14 @@ def test_bad_shapes_and_variances_are_internal_errors():
         mfx.mfx_fit(Y, S, X, estimator="ml")
     with pytest.raises(ValueError, match="dof"):
         mfx.mfx_fit(Y, S, X, dof="satterthwaite")
+
+
+def test_rank_deficient_design_gives_the_full_rank_estimable_contrast():
+    # A duplicated column: the pseudo-inverse path must give the same tau2 and the same t of an estimable contrast
+    # as the full-rank design (the WLS fit depends on the column space only).
+    Y, S, X = small_demo(seed=8, n_voxels=40)
+    doubled = np.column_stack([X, X[:, 1]])
+    full, deficient = mfx.mfx_fit(Y, S, X), mfx.mfx_fit(Y, S, doubled)
+    np.testing.assert_allclose(deficient.tau2, full.tau2, rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(mfx.t_contrast(deficient, [0.0, 0.5, 0.5]).stat,
+                               mfx.t_contrast(full, [0.0, 1.0]).stat, rtol=1e-7)

@@ -98,11 +98,54 @@ def test_missing_variance_column_or_cell_is_refused(tmp_path):
         run_analysis(tmp_path / "b", ["model=mfx", f"data.table={table}"])
 
 
-def test_mfx_refuses_permutation_methods_and_smoothing():
+def test_permutation_methods_test_the_mixed_effects_statistic(tmp_path):
+    # maxt, clustersize and TFCE with model=mfx: the engine's observed statistic is the z map of the mixed-effects
+    # fit (written by the contrast stage), the scheme is sign-flipping, and the max-T survivors are the voxels whose
+    # |z| reaches the critical value of the null distribution the run wrote.
+    table = write_study(tmp_path / "study", n=10)
+    run_dir = tmp_path / "run"
+    run_analysis(run_dir, ["model=mfx", f"data.table={table}", "contrasts=[{name:mean,expr:Intercept}]",
+                           "correction=[maxt,clustersize,tfce]", "correction.maxt.n_permutations=200",
+                           "correction.clustersize.n_permutations=200", "correction.tfce.n_permutations=200",
+                           "correction.clustersize.cluster_forming_p=0.01", "report=false"])
+    z = load(run_dir, "contrast-mean_stat-z_statmap.nii.gz")
+    survivors = load(run_dir, "contrast-mean_stat-z_desc-maxt_statmap.nii.gz")
+    null = pd.read_csv(run_dir / "contrast-mean_desc-maxt_nulldist.tsv", sep="\t")["max_statistic"]
+    assert null.size == 200 and np.isclose(null.iloc[0], np.abs(z).max(), rtol=1e-6)
+    critical = np.sort(null.to_numpy())[int(np.ceil(0.95 * null.size)) - 1]
+    np.testing.assert_array_equal(survivors != 0, np.abs(z) >= critical * (1 - 1e-6))
+    np.testing.assert_allclose(survivors[survivors != 0], z[survivors != 0], rtol=1e-6)
+    for method in ("clustersize", "tfce"):
+        assert (run_dir / f"contrast-mean_stat-z_desc-{method}_statmap.nii.gz").exists()
+
+
+def test_rft_thresholds_the_mixed_effects_z_as_a_gaussian_field(tmp_path):
+    # Each voxel's t has its own effective dof, so RFT runs on the z map ("Z" field): its voxel-level survivors
+    # are the voxels whose |z| exceeds the recorded height threshold, itself the Z-field FWE threshold.
+    import json
+
+    table = write_study(tmp_path / "study", n=10)
+    run_dir = tmp_path / "run"
+    run_analysis(run_dir, ["model=mfx", f"data.table={table}", "contrasts=[{name:mean,expr:Intercept}]",
+                           "correction=[rft]", "report=false"])
+    z = load(run_dir, "contrast-mean_stat-z_statmap.nii.gz")
+    sidecar = json.loads((run_dir / "contrast-mean_stat-z_desc-rft_statmap.json").read_text())
+    assert sidecar["HeightStat"] == "Z"
+    height = sidecar["HeightThreshold"]
+    assert np.isfinite(height) and height > 2
+    assert height == pytest.approx(sidecar["Threshold"], rel=1e-9)  # on a Z field the z threshold is the height
+    survivors = load(run_dir, "contrast-mean_stat-z_desc-rft_statmap.nii.gz")
+    np.testing.assert_array_equal(survivors != 0, (np.abs(z) > height) & (z != 0))
+
+
+def test_mfx_refuses_variance_groups_validity_and_smoothing():
     from runner.prevalidate import prevalidate
 
-    with pytest.raises(RunnerError, match="maxt, tfce permutes the OLS model.*model=mfx"):
-        prevalidate(["model=mfx", "correction=[fdr,maxt,tfce]"], str(CONF))
+    with pytest.raises(RunnerError, match="validity simulates null data for the OLS model"):
+        prevalidate(["model=mfx", "correction=[validity]"], str(CONF))
+
+    with pytest.raises(RunnerError, match="correction.maxt.variance_groups is for model=ols"):
+        prevalidate(["model=mfx", "correction=[maxt]", "correction.maxt.variance_groups=auto"], str(CONF))
     with pytest.raises(RunnerError, match="data.smoothing_fwhm.*model=mfx"):
         prevalidate(["model=mfx", "data.smoothing_fwhm=6"], str(CONF))
     with pytest.raises(RunnerError, match="model.tau2_estimator must be one of reml, dl"):
@@ -124,7 +167,7 @@ def test_demo_mfx_finds_more_of_the_planted_mean_than_ols(tmp_path):
         run_dir = tmp_path / model
         run_analysis(run_dir, ["+experiment=mfx", f"model={model}", "report=false"])
         for method in ("fdr", "bonferroni"):
-            survivors = load(run_dir, f"contrast-mean_stat-z_corr-{method}_statmap.nii.gz") != 0
+            survivors = load(run_dir, f"contrast-mean_stat-z_desc-{method}_statmap.nii.gz") != 0
             found[model, method] = (int((survivors & truth).sum()), int((survivors & ~truth).sum()))
     for method in ("fdr", "bonferroni"):
         assert found["mfx", method][0] > 1.25 * found["ols", method][0], found

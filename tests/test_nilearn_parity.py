@@ -169,7 +169,7 @@ class Run:
         return rows[list(self.design_matrix.columns)].to_numpy(dtype=float), str(rows["type"].iloc[0])
 
     def ours(self, contrast: str, stat: str, correction: str | None = None) -> nib.Nifti1Image:
-        suffix = f"_corr-{correction}" if correction else ""
+        suffix = f"_desc-{correction}" if correction else ""
         return nib.load(self.run_dir / f"contrast-{contrast}_stat-{stat}{suffix}_statmap.nii.gz")
 
     def manifest_entry(self, contrast: str, correction: str) -> dict:
@@ -367,7 +367,7 @@ def test_thresholds_and_cluster_tables_match_nilearn(request, study_name, contra
 
     their_table = get_clusters_table(their_z, stat_threshold=their_threshold, cluster_threshold=cluster_threshold,
                                      two_sided=two_sided)
-    our_table = pd.read_csv(run.run_dir / f"contrast-{contrast}_corr-{method}_clusters.tsv", sep="\t",
+    our_table = pd.read_csv(run.run_dir / f"contrast-{contrast}_desc-{method}_clusters.tsv", sep="\t",
                             dtype={"cluster_id": str}, na_values=["n/a"], keep_default_na=False)
     assert len(our_table) == len(their_table) > 0
     assert our_table["cluster_id"].tolist() == their_table["Cluster ID"].astype(str).tolist()

@@ -16,8 +16,8 @@ ALPHA = 0.05
 def _maps(run_dir):
     load = lambda name: nib.load(run_dir / name).get_fdata()  # noqa: E731
     t = load("contrast-mean_stat-t_statmap.nii.gz")
-    logp = load("contrast-mean_stat-logp_corr-maxt_statmap.nii.gz")
-    null = np.loadtxt(run_dir / "contrast-mean_corr-maxt_nulldist.tsv", skiprows=1, usecols=1)
+    logp = load("contrast-mean_stat-logp_desc-maxt_statmap.nii.gz")
+    null = np.loadtxt(run_dir / "contrast-mean_desc-maxt_nulldist.tsv", skiprows=1, usecols=1)
     return t, logp, null
 
 

@@ -298,7 +298,7 @@ def test_run_with_variance_groups_writes_v_maps_and_states_its_scheme(tmp_path):
     stem = "contrast-patientMinusControl"
     expected = {f"{stem}_stat-v_statmap.nii.gz", f"{stem}_stat-dof_desc-v_statmap.nii.gz",
                 f"{stem}_stat-z_desc-v_statmap.nii.gz", f"{stem}_stat-p_desc-v_statmap.nii.gz",
-                f"{stem}_stat-v_corr-tfce_statmap.nii.gz", f"{stem}_stat-t_statmap.nii.gz"}
+                f"{stem}_stat-v_desc-tfce_statmap.nii.gz", f"{stem}_stat-t_statmap.nii.gz"}
     assert expected <= paths
 
     def load(name):

@@ -56,10 +56,10 @@ def test_a_method_registered_here_runs_end_to_end(toy, tmp_path):
     import nibabel as nib
 
     z = nib.load(run_dir / "contrast-mean_stat-z_statmap.nii.gz").get_fdata()
-    toy_map = nib.load(run_dir / "contrast-mean_stat-z_corr-toy_statmap.nii.gz").get_fdata()
+    toy_map = nib.load(run_dir / "contrast-mean_stat-z_desc-toy_statmap.nii.gz").get_fdata()
     assert np.array_equal(toy_map != 0, np.abs(z) > 3)
     assert row["n_voxels"] == int(np.count_nonzero(np.abs(z) > 3))
-    table = pd.read_csv(run_dir / "contrast-mean_corr-toy_count.tsv", sep="\t")
+    table = pd.read_csv(run_dir / "contrast-mean_desc-toy_count.tsv", sep="\t")
     assert table["n_voxels"].iloc[0] == row["n_voxels"]
     report = (run_dir / "report.html").read_text()
     assert "toy |z| &gt; 3.0" in report or "toy |z| > 3.0" in report

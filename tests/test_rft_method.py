@@ -47,9 +47,9 @@ def rft_run(tmp_path_factory):
 def test_rft_outputs_are_written_and_registered(rft_run):
     run_dir, manifest, _, _ = rft_run
     registered = {e["path"]: e for e in manifest["outputs"]}
-    for name in ("contrast-mean_stat-logp_corr-rft_statmap.nii.gz", "contrast-mean_stat-z_corr-rft_statmap.nii.gz",
-                 "contrast-mean_stat-rpv_corr-rft_statmap.nii.gz", "contrast-mean_corr-rft_clusters.tsv",
-                 "contrast-mean_stat-z_corr-rft_slices.png"):
+    for name in ("contrast-mean_stat-logp_desc-rft_statmap.nii.gz", "contrast-mean_stat-z_desc-rft_statmap.nii.gz",
+                 "contrast-mean_stat-rpv_desc-rft_statmap.nii.gz", "contrast-mean_desc-rft_clusters.tsv",
+                 "contrast-mean_stat-z_desc-rft_slices.png"):
         assert (run_dir / name).is_file() and name in registered
     row = manifest["summary"]["contrasts"]["mean"]["rft"]
     assert len(row["fwhm_mm"]) == 3 and len(row["fwhm_voxels"]) == 3 and len(row["resel_counts"]) == 4
@@ -60,7 +60,7 @@ def test_rft_outputs_are_written_and_registered(rft_run):
                   "Expected number of clusters, <c>", "FWHM", "Volume", "Voxel size", "RESEL size"):
         assert label in labels
     page = (run_dir / "report.html").read_text()
-    assert "RESEL size" in page and "Cluster p (FWE)" in page and "contrast-mean_corr-rft_clusters.tsv" in page
+    assert "RESEL size" in page and "Cluster p (FWE)" in page and "contrast-mean_desc-rft_clusters.tsv" in page
 
 
 def test_smoothness_recorded_is_that_of_the_one_sample_residuals(rft_run):
@@ -83,13 +83,13 @@ def test_z_map_is_thresholded_at_the_fwe_height_threshold_and_logp_is_the_peak_p
     assert row["height_threshold"] == pytest.approx(height, rel=1e-9)
     t = _load(run_dir, "contrast-mean_stat-t_statmap.nii.gz")
     z = _load(run_dir, "contrast-mean_stat-z_statmap.nii.gz")
-    thresholded = _load(run_dir, "contrast-mean_stat-z_corr-rft_statmap.nii.gz")
+    thresholded = _load(run_dir, "contrast-mean_stat-z_desc-rft_statmap.nii.gz")
     surviving = mask & (t > height)
     assert surviving.sum() == row["n_voxels"] > 0
     np.testing.assert_array_equal(thresholded != 0, surviving)
     np.testing.assert_allclose(thresholded[surviving], z[surviving], rtol=1e-6)
     assert surviving[ball(POSITIVE_CENTRE)].any()  # the planted effect is found
-    logp = _load(run_dir, "contrast-mean_stat-logp_corr-rft_statmap.nii.gz")
+    logp = _load(run_dir, "contrast-mean_stat-logp_desc-rft_statmap.nii.gz")
     expected = -np.log10(fwe.peak_fwe_p(t[mask], "t", dof, counts, n_voxels))
     np.testing.assert_allclose(logp[mask], expected, rtol=1e-5, atol=1e-6)
     assert np.all((logp[mask] > -np.log10(ALPHA)) == (t[mask] > height))
@@ -100,7 +100,7 @@ def test_cluster_table_p_values_follow_from_its_resel_extents(rft_run):
     row = manifest["summary"]["contrasts"]["mean"]["rft"]
     dof = row["dof"]
     counts = resel_counts(mask, row["fwhm_voxels"])
-    table = pd.read_csv(run_dir / "contrast-mean_corr-rft_clusters.tsv", sep="\t", na_values="n/a")
+    table = pd.read_csv(run_dir / "contrast-mean_desc-rft_clusters.tsv", sep="\t", na_values="n/a")
     clusters = table[table["size_voxels"].notna()]
     assert len(clusters) >= 1
     np.testing.assert_allclose(clusters["size_resels"], clusters["size_voxels"] / np.prod(row["fwhm_voxels"]),
@@ -124,7 +124,7 @@ def test_two_sided_rft_logp_is_signed_and_doubles_the_tail(tmp_path):
     row = json.loads((run_dir / "manifest.json").read_text())["summary"]["contrasts"]["mean"]["rft"]
     counts = resel_counts(mask, row["fwhm_voxels"])
     t = _load(run_dir, "contrast-mean_stat-t_statmap.nii.gz")[mask]
-    logp = _load(run_dir, "contrast-mean_stat-logp_corr-rft_statmap.nii.gz")[mask]
+    logp = _load(run_dir, "contrast-mean_stat-logp_desc-rft_statmap.nii.gz")[mask]
     unsigned = -np.log10(fwe.peak_fwe_p(np.abs(t), "t", 11, counts, int(mask.sum()), two_sided=True))
     np.testing.assert_allclose(logp, np.sign(t) * unsigned, rtol=1e-5, atol=1e-6)
     assert row["height_threshold"] == pytest.approx(
@@ -136,7 +136,7 @@ def test_validity_table_figure_and_report(tmp_path):
     run_dir = tmp_path / "run"
     run_analysis(run_dir, overrides + ["correction=[validity]", "correction.validity.n_datasets=12",
                                        "correction.validity.n_permutations=20", "correction.validity.fwhm_mm=5"])
-    table = pd.read_csv(run_dir / "contrast-mean_corr-validity_validity.tsv", sep="\t")
+    table = pd.read_csv(run_dir / "contrast-mean_desc-validity_validity.tsv", sep="\t")
     assert list(table["method"]) == ["rft_voxel", "rft_cluster_p0.01", "rft_cluster_p0.001", "bonferroni", "maxt"]
     assert {"method", "n_datasets", "n_false_positive", "fwe", "ci_low", "ci_high", "verdict"} <= set(table.columns)
     assert (table["n_datasets"] == 12).all()
@@ -149,9 +149,9 @@ def test_validity_table_figure_and_report(tmp_path):
     row = manifest["summary"]["contrasts"]["mean"]["validity"]
     np.testing.assert_allclose(row["fwhm_mm_simulated"], [5.0, 5.0, 5.0])
     assert row["n_datasets"] == 12 and set(row["verdicts"]) == set(table["method"])
-    assert (run_dir / "contrast-mean_corr-validity_intervals.png").is_file()
+    assert (run_dir / "contrast-mean_desc-validity_intervals.png").is_file()
     page = (run_dir / "report.html").read_text()
-    assert "contrast-mean_corr-validity_validity.tsv" in page and "rft_cluster_p0.001" in page
+    assert "contrast-mean_desc-validity_validity.tsv" in page and "rft_cluster_p0.001" in page
 
 
 def test_validity_checks_only_the_methods_asked(tmp_path):
@@ -160,7 +160,7 @@ def test_validity_checks_only_the_methods_asked(tmp_path):
     run_analysis(run_dir, overrides + ["correction=[validity]", "correction.validity.n_datasets=3",
                                        "correction.validity.methods=[bonferroni,rft_cluster]",
                                        "correction.validity.cluster_forming_ps=[0.005]", "report=false"])
-    table = pd.read_csv(run_dir / "contrast-mean_corr-validity_validity.tsv", sep="\t")
+    table = pd.read_csv(run_dir / "contrast-mean_desc-validity_validity.tsv", sep="\t")
     assert list(table["method"]) == ["rft_cluster_p0.005", "bonferroni"]
 
 
@@ -199,7 +199,7 @@ def test_f_contrast_is_thresholded_on_the_f_scale(tmp_path):
     height = fwe.fwe_height_threshold(ALPHA, "F", (1, 11), counts, int(mask.sum()))
     assert row["height_threshold"] == pytest.approx(height, rel=1e-9)
     f = _load(run_dir, "contrast-mean_stat-F_statmap.nii.gz")
-    thresholded = _load(run_dir, "contrast-mean_stat-z_corr-rft_statmap.nii.gz")
+    thresholded = _load(run_dir, "contrast-mean_stat-z_desc-rft_statmap.nii.gz")
     np.testing.assert_array_equal(thresholded != 0, mask & (f > height))
 
 
@@ -208,8 +208,8 @@ def test_cluster_level_map_keeps_the_significant_clusters_above_the_forming_thre
     row = manifest["summary"]["contrasts"]["mean"]["rft"]
     t = _load(run_dir, "contrast-mean_stat-t_statmap.nii.gz")
     z = _load(run_dir, "contrast-mean_stat-z_statmap.nii.gz")
-    level = _load(run_dir, "contrast-mean_stat-z_corr-rft_desc-clusterlevel_statmap.nii.gz")
-    table = pd.read_csv(run_dir / "contrast-mean_corr-rft_clusters.tsv", sep="\t", na_values="n/a")
+    level = _load(run_dir, "contrast-mean_stat-z_desc-rftClusterlevel_statmap.nii.gz")
+    table = pd.read_csv(run_dir / "contrast-mean_desc-rft_clusters.tsv", sep="\t", na_values="n/a")
     significant = table[table["size_voxels"].notna() & (table["cluster_p_fwe"] < ALPHA)]
     assert len(significant) == row["n_clusters"] >= 1
     # components of t > u_c with 18-connectivity (faces and edges), labelled here by scipy

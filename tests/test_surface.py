@@ -69,8 +69,8 @@ def surface_study(tmp_path_factory, fsaverage5):
 
 
 def our_map(run_dir: Path, stat: str, correction: str | None = None) -> np.ndarray:
-    corr = f"_corr-{correction}" if correction else ""
-    return np.concatenate([read_gifti(run_dir / f"contrast-mean_stat-{stat}{corr}_hemi-{h}_statmap.func.gii")
+    desc = f"_desc-{correction}" if correction else ""
+    return np.concatenate([read_gifti(run_dir / f"contrast-mean_stat-{stat}_hemi-{h}{desc}_statmap.func.gii")
                            for h in ("L", "R")])
 
 
@@ -119,7 +119,7 @@ def test_maps_equal_nilearn_second_level_on_surface_image(surface_study, fsavera
 def test_outputs_are_named_and_registered_per_hemisphere(surface_study):
     _, run_dir, manifest, _ = surface_study
     maps = [e for e in manifest["outputs"] if e["kind"] == "map"]
-    assert maps and all(e["path"].endswith(f"_hemi-{e['hemi']}_statmap.func.gii") for e in maps)
+    assert maps and all(f"_hemi-{e['hemi']}" in e["path"] and e["path"].endswith("_statmap.func.gii") for e in maps)
     assert {e["hemi"] for e in maps} == {"L", "R"}
     # one record per file, with the file's own sha256 (so resume and verify check each hemisphere file)
     import hashlib
@@ -138,7 +138,7 @@ def test_mesh_clusters_are_connected_components_of_the_edge_graph(surface_study)
 
     _, run_dir, manifest, _ = surface_study
     entry = next(e for e in manifest["outputs"] if e.get("correction") == "fdr" and e["kind"] == "map")
-    table = pd.read_csv(run_dir / "contrast-mean_corr-fdr_clusters.tsv", sep="\t", na_values="n/a")
+    table = pd.read_csv(run_dir / "contrast-mean_desc-fdr_clusters.tsv", sep="\t", na_values="n/a")
     z = our_map(run_dir, "z")
     mesh = bundled_mesh("fsaverage5")
     offset = len(mesh["L"].vertices)
@@ -264,16 +264,16 @@ def test_surface_preset_runs_with_figures_and_verifies(tmp_path, monkeypatch):
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["status"] == "complete"
     figures = [e["path"] for e in manifest["outputs"] if e.get("view") == "surface"]
-    assert "contrast-mean_stat-z_corr-fdr_surface.png" in figures
+    assert "contrast-mean_stat-z_desc-fdr_surface.png" in figures
     assert "lateral and medial" in (run_dir / "report.html").read_text().lower()
     # the planted bumps are found: the FDR clusters' peaks are on the left and the right hemisphere
-    table = pd.read_csv(run_dir / "contrast-mean_corr-fdr_clusters.tsv", sep="\t", na_values="n/a")
+    table = pd.read_csv(run_dir / "contrast-mean_desc-fdr_clusters.tsv", sep="\t", na_values="n/a")
     assert {"L", "R"} <= set(table["hemi"])
     # max-T's table gives each peak the FWE p of its vertex, as the written -log10 p map has it
-    maxt = pd.read_csv(run_dir / "contrast-mean_corr-maxt_clusters.tsv", sep="\t", na_values="n/a")
+    maxt = pd.read_csv(run_dir / "contrast-mean_desc-maxt_clusters.tsv", sep="\t", na_values="n/a")
     assert len(maxt)
     for _, row in maxt.iterrows():
-        logp = read_gifti(run_dir / f"contrast-mean_stat-logp_corr-maxt_hemi-{row['hemi']}_statmap.func.gii")
+        logp = read_gifti(run_dir / f"contrast-mean_stat-logp_hemi-{row['hemi']}_desc-maxt_statmap.func.gii")
         assert row["p_fwe"] == pytest.approx(10 ** -abs(logp[int(row["vertex"])]), rel=1e-5)
     verdict = verify(run_dir)
     assert verdict.ok, verdict.changed_inputs + verdict.differences
@@ -371,12 +371,12 @@ def test_ari_and_cluster_methods_run_on_the_surface(surface_study, tmp_path):
                                                 shape=(len(z), len(z))), directed=False)
     expected = sorted((int((active & (labels == c)).sum()), areas[active & (labels == c)].sum())
                       for c in np.unique(labels[active]))
-    table = pd.read_csv(run_dir / "contrast-mean_corr-ari_clusters.tsv", sep="\t", na_values="n/a")
+    table = pd.read_csv(run_dir / "contrast-mean_desc-ari_clusters.tsv", sep="\t", na_values="n/a")
     ours = sorted(zip(table["size_vertices"].astype(int), table["area_mm2"]))
     assert len(ours) == len(expected) > 0
     for (n_ours, area_ours), (n_ref, area_ref) in zip(ours, expected):
         assert n_ours == n_ref and area_ours == pytest.approx(area_ref, rel=1e-9)
-    clusters = pd.read_csv(run_dir / "contrast-mean_corr-clustersize_clusters.tsv", sep="\t", na_values="n/a")
+    clusters = pd.read_csv(run_dir / "contrast-mean_desc-clustersize_clusters.tsv", sep="\t", na_values="n/a")
     assert list(clusters.columns) == ["cluster_id", "sign", "x", "y", "z", "peak_stat", "size_vertices", "area_mm2",
                                       "hemi", "vertex", "mass", "p_fwe"]
     assert len(clusters) and clusters["p_fwe"].between(0, 1).all()

@@ -36,7 +36,7 @@ def test_two_by_two_sweep_summary_matches_each_run(tmp_path):
         thresholded = nib.load(job / entry["path"]).get_fdata()
         assert row[f"mean/{method}/n_voxels"] == np.count_nonzero(thresholded)
         assert row[f"mean/{method}/threshold"] == pytest.approx(entry["threshold"], rel=1e-12)
-        clusters = pd.read_csv(job / f"contrast-mean_corr-{method}_clusters.tsv", sep="\t")
+        clusters = pd.read_csv(job / f"contrast-mean_desc-{method}_clusters.tsv", sep="\t")
         assert row[f"mean/{method}/n_clusters"] == clusters["size_voxels"].notna().sum()
         z = nib.load(job / "contrast-mean_stat-z_statmap.nii.gz").get_fdata()
         assert row[f"mean/{method}/peak"] == pytest.approx(z.flat[np.argmax(np.abs(z))], rel=1e-6)

@@ -146,11 +146,11 @@ def test_figures_are_checked_against_the_record_and_the_rerun(project, tmp_path)
         run_analysis(run, ANALYSIS + ["data.table=study/table.tsv", "correction=[fdr]"])
     finally:
         os.chdir(previous)
-    corrupted = "contrast-mean_stat-z_corr-fdr_slices.png"
+    corrupted = "contrast-mean_stat-z_desc-fdr_slices.png"
     payload = bytearray((run / corrupted).read_bytes())
     payload[len(payload) // 2] ^= 0xFF
     (run / corrupted).write_bytes(bytes(payload))
-    swapped, other = "contrast-age_stat-z_corr-fdr_slices.png", "contrast-age_stat-z_corr-fdr_montage.png"
+    swapped, other = "contrast-age_stat-z_desc-fdr_slices.png", "contrast-age_stat-z_desc-fdr_montage.png"
     shutil.copyfile(run / other, run / swapped)
 
     def rehash(manifest):
@@ -251,8 +251,8 @@ def test_keep_is_relative_to_the_callers_directory(project, recorded, tmp_path, 
 
 def test_command_line_exit_codes(recorded, tmp_path):
     command = [sys.executable, "-m", "runner.verify"]
-    (recorded / "contrast-mean_corr-fdr_clusters.tsv").write_text("cluster_id\n1\n")
+    (recorded / "contrast-mean_desc-fdr_clusters.tsv").write_text("cluster_id\n1\n")
     bad = subprocess.run(command + [str(recorded)], capture_output=True, text=True, cwd=REPO)
-    assert bad.returncode == 1 and "contrast-mean_corr-fdr_clusters.tsv" in bad.stdout
+    assert bad.returncode == 1 and "contrast-mean_desc-fdr_clusters.tsv" in bad.stdout
     missing = subprocess.run(command + [str(tmp_path / "nowhere")], capture_output=True, text=True, cwd=REPO)
     assert missing.returncode == 2 and missing.stderr.startswith("error:")

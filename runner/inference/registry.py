@@ -31,7 +31,8 @@ BUILTIN_MODULES = ("runner.inference.methods.height", "runner.inference.methods.
 @dataclass(frozen=True)
 class ContrastInputs:
     """Everything a method may read for one contrast: the data, the design, the contrast, its fit, the run settings,
-    and the run's executor for loops over independent work (None: the method's own local threads)."""
+    the run's executor for loops over independent work (None: the method's own local threads), and with
+    model=mfx the first-level variances (n_maps x n_voxels, the voxel order of ``data.Y``)."""
 
     data: "GroupData"
     design: "Design"
@@ -39,6 +40,7 @@ class ContrastInputs:
     fit: "ContrastResult"
     settings: "RunSettings"
     executor: Any = None
+    variances: Any = None
 
 
 # run(inputs, {method name: validated parameters}) -> BatchResult with one MethodResult per method named.
@@ -52,7 +54,7 @@ class InferenceMethod:
     Attributes
     ----------
     name : str
-        The config name (``correction=[<name>]``) and the ``corr-<name>`` entity of its outputs.
+        The config name (``correction=[<name>]``) and the ``desc-<name>`` entity of its outputs.
     family : str
         ``parametric``, ``permutation``, ``ari`` ...: families run in ``FAMILY_ORDER``, then in registration order.
     schema : type

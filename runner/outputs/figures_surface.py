@@ -118,7 +118,7 @@ def write_surface_figures(writer: Any, surface: Any, values: np.ndarray, thresho
 
     shown = threshold if threshold is not None and np.isfinite(threshold) else None
     base = f"contrast-{safe_label(contrast)}_stat-{safe_label(stat)}" + (
-        f"_corr-{safe_label(correction)}" if correction else "")
+        f"_desc-{safe_label(correction)}" if correction else "")
     figure = surface_views_figure(surface.hemispheres, surface.split(np.asarray(values, dtype=float)), shown, title,
                                   vmax=vmax)
     writer.figure(figure, name=f"{base}_surface.png", contrast=contrast, stat=stat, correction=correction,

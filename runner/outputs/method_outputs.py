@@ -72,7 +72,7 @@ def write_request(writer: OutputWriter, data: Any, contrast: str, request: Outpu
 
         writer.figure(figures.null_distribution_figure(request.null, request.observed, request.critical,
                                                        request.title),
-                      name=f"contrast-{safe_label(contrast)}_corr-{safe_label(request.correction)}_nulldist.png",
+                      name=f"contrast-{safe_label(contrast)}_desc-{safe_label(request.correction)}_nulldist.png",
                       contrast=contrast, correction=request.correction, view="null")
     elif isinstance(request, IntervalFigure):
         from runner.outputs import figures
@@ -81,7 +81,7 @@ def write_request(writer: OutputWriter, data: Any, contrast: str, request: Outpu
         writer.figure(figures.interval_figure(request.labels, request.estimates, request.lows, request.highs,
                                               request.reference, request.reference_label, request.xlabel,
                                               request.title),
-                      name=f"contrast-{safe_label(contrast)}_corr-{safe_label(request.correction)}_"
+                      name=f"contrast-{safe_label(contrast)}_desc-{safe_label(request.correction)}_"
                            f"{safe_label(request.view)}.png",
                       contrast=contrast, correction=request.correction, view=request.view, **extra)
     else:

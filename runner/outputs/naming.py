@@ -33,14 +33,26 @@ def check_distinct_labels(names: Iterable[str], what: str = "contrasts") -> None
         seen[label.lower()] = name
 
 
+def description_label(correction: str | None = None, desc: str | None = None) -> str | None:
+    """The ``desc`` label of an output: the correction method, then its variant camel-cased (``rft`` and
+    ``clusterlevel`` -> ``rftClusterlevel``); None for neither.
+
+    BIDS has no entity for a correction method: ``desc`` is the entity it keeps for what distinguishes derivatives
+    that share every other entity, so the method goes there and the name passes the schema's derivative rules.
+    """
+    words = [safe_label(w) for w in (correction, desc) if w]
+    if not words:
+        return None
+    return (words[0] + "".join(w[:1].upper() + w[1:] for w in words[1:]))[:64]
+
+
 def map_name(contrast: str, stat: str, correction: str | None = None, suffix: str = "statmap",
              desc: str | None = None) -> str:
-    """``contrast-<name>_stat-<stat>[_corr-<method>][_desc-<label>]_statmap.nii.gz``."""
+    """``contrast-<name>_stat-<stat>[_desc-<method>[<Variant>]]_statmap.nii.gz``."""
     parts = [f"contrast-{safe_label(contrast)}", f"stat-{safe_label(stat)}"]
-    if correction:
-        parts.append(f"corr-{safe_label(correction)}")
-    if desc:
-        parts.append(f"desc-{safe_label(desc)}")
+    label = description_label(correction, desc)
+    if label:
+        parts.append(f"desc-{label}")
     return "_".join(parts) + f"_{suffix}.nii.gz"
 
 
@@ -54,26 +66,30 @@ def sidecar_name(file_name: str) -> str:
 
 def surface_map_name(contrast: str, stat: str, hemi: str, correction: str | None = None,
                      desc: str | None = None) -> str:
-    """``contrast-<name>_stat-<stat>[_corr-<method>][_desc-<label>]_hemi-<L|R>_statmap.func.gii``."""
-    volume = map_name(contrast, stat, correction, desc=desc)
-    return volume[: -len("_statmap.nii.gz")] + f"_hemi-{safe_label(hemi)}_statmap.func.gii"
+    """``contrast-<name>_stat-<stat>_hemi-<L|R>[_desc-<method>[<Variant>]]_statmap.func.gii`` (BIDS puts
+    ``hemi`` before ``desc``)."""
+    parts = [f"contrast-{safe_label(contrast)}", f"stat-{safe_label(stat)}", f"hemi-{safe_label(hemi)}"]
+    label = description_label(correction, desc)
+    if label:
+        parts.append(f"desc-{label}")
+    return "_".join(parts) + "_statmap.func.gii"
 
 
 def cifti_map_name(contrast: str, stat: str, correction: str | None = None, desc: str | None = None) -> str:
-    """``contrast-<name>_stat-<stat>[_corr-<method>][_desc-<label>]_statmap.dscalar.nii`` (both hemispheres)."""
+    """``contrast-<name>_stat-<stat>[_desc-<method>[<Variant>]]_statmap.dscalar.nii`` (both hemispheres)."""
     volume = map_name(contrast, stat, correction, desc=desc)
     return volume[: -len(".nii.gz")] + ".dscalar.nii"
 
 
 def table_name(suffix: str, contrast: str | None = None, correction: str | None = None,
                stat: str | None = None, extension: str = ".tsv") -> str:
-    """``[contrast-<name>_][stat-<stat>_][corr-<method>_]<suffix>.tsv``."""
+    """``[contrast-<name>_][stat-<stat>_][desc-<method>_]<suffix>.tsv``."""
     parts = []
     if contrast is not None:
         parts.append(f"contrast-{safe_label(contrast)}")
     if stat is not None:
         parts.append(f"stat-{safe_label(stat)}")
     if correction:
-        parts.append(f"corr-{safe_label(correction)}")
+        parts.append(f"desc-{description_label(correction)}")
     parts.append(safe_label(suffix))
     return "_".join(parts) + extension

@@ -140,7 +140,7 @@ def write_map_figures(writer: OutputWriter, data: GroupData, volume: np.ndarray,
     background = background_for(data)
     cut = slice_cut_coords(volume, data.affine, cut_coords_mm, background)
     shown = threshold if threshold is not None and np.isfinite(threshold) else None
-    base = f"contrast-{_label(contrast)}_stat-{_label(stat)}" + (f"_corr-{_label(correction)}" if correction else "")
+    base = f"contrast-{_label(contrast)}_stat-{_label(stat)}" + (f"_desc-{_label(correction)}" if correction else "")
     meta = dict(contrast=contrast, stat=stat, correction=correction)
     writer.figure(figures_brain.stat_map_slices_figure(volume, data.affine, background, shown, title,
                                                        cut_coords_mm=cut, vmax=vmax),

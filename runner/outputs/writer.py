@@ -163,7 +163,7 @@ class OutputWriter:
     def table(self, frame: pd.DataFrame, *, suffix: str, kind: str = "table", contrast: str | None = None,
               stat: str | None = None, correction: str | None = None, alpha: float | None = None,
               threshold: float | None = None, name: str | None = None, **extra: Any) -> Path:
-        """Write a TSV table (``n/a`` for missing values, as BIDS asks): ``[contrast-<c>_][corr-<m>_]<suffix>.tsv``."""
+        """Write a TSV table (``n/a`` for missing values, as BIDS asks): ``[contrast-<c>_][desc-<m>_]<suffix>.tsv``."""
         name = name or naming.table_name(suffix, contrast=contrast, correction=correction)
         target = self._target(name)
         with storage_errors(path=target):

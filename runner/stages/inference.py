@@ -17,8 +17,11 @@ from runner.outputs.writer import OutputWriter
 
 def run_corrections(writer: OutputWriter, settings: RunSettings, data: GroupData, design: Design,
                     contrasts: list[Contrast], fitted: dict[str, ContrastResult],
-                    timings: Any = None, executor: Any = None) -> tuple[dict[str, Any], list[str]]:
+                    timings: Any = None, executor: Any = None,
+                    variances: Any = None) -> tuple[dict[str, Any], list[str]]:
     """Every configured method on every contrast, batch by batch (a family's shared pass is one batch).
+
+    ``variances`` are the first-level variances (n_maps x n_voxels) with model=mfx, for the methods that refit it.
 
     Returns the summary ``{"contrasts": {contrast: {method: row}}}`` and the notes for the report.
     """
@@ -30,7 +33,8 @@ def run_corrections(writer: OutputWriter, settings: RunSettings, data: GroupData
         with stage:
             for contrast in contrasts:
                 inputs = registry.ContrastInputs(data=data, design=design, contrast=contrast,
-                                                 fit=fitted[contrast.name], settings=settings, executor=executor)
+                                                 fit=fitted[contrast.name], settings=settings, executor=executor,
+                                                 variances=variances)
                 method = registry.get(batch_names[0])
                 batch = method.run(inputs, {name: settings.correction[name] for name in batch_names})
                 write_batch(writer, data, contrast.name, batch, settings.report)

@@ -45,9 +45,10 @@ def _stages(settings: RunSettings, writer: OutputWriter, timings: Any, resolved:
     fields["notes"] = list(inputs.notes) + list(design.notes) + list(data.notes)
     with timings.stage("design_outputs"):
         results.write_design(writer, design, contrasts, report=settings.report)
+    variances = None
     with timings.stage("fit"):
         if settings.model.kind == "mfx":
-            fitted = _fit_mixed_effects(settings, writer, data, variance_refs, design, contrasts, fields)
+            fitted, variances = _fit_mixed_effects(settings, writer, data, variance_refs, design, contrasts, fields)
         else:
             fitted = model_stage.fit(settings, data, design, contrasts, executor)
     fields["dof"] = {c.name: fitted[c.name].dof for c in contrasts}
@@ -56,7 +57,8 @@ def _stages(settings: RunSettings, writer: OutputWriter, timings: Any, resolved:
         if settings.report:
             for contrast in contrasts:
                 results.write_covariate_figure(writer, data, design, contrast, fitted[contrast.name])
-    summary, notes = run_corrections(writer, settings, data, design, contrasts, fitted, timings, executor)
+    summary, notes = run_corrections(writer, settings, data, design, contrasts, fitted, timings, executor,
+                                     variances=variances)
     fields["notes"].extend(notes)
     if settings.report:
         with timings.stage("report"):
@@ -75,8 +77,9 @@ def _variance_images(settings: RunSettings, inputs: Any) -> tuple[Any, ...]:
 
 
 def _fit_mixed_effects(settings: RunSettings, writer: OutputWriter, data: Any, images: tuple[Any, ...],
-                       design: Any, contrasts: Any, fields: dict[str, Any]) -> dict[str, Any]:
-    """model=mfx: load the first-level variance maps, fit, and write the between-subject variance map."""
+                       design: Any, contrasts: Any, fields: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    """model=mfx: load the first-level variance maps, fit, and write the between-subject variance map; the fitted
+    contrasts and the variances (the permutation methods refit the model on sign-flipped data)."""
     from runner.data.variances import load_variances
 
     variances, digests = load_variances(images, data.mask, data.affine, allow_resample=settings.data.resample,
@@ -88,4 +91,4 @@ def _fit_mixed_effects(settings: RunSettings, writer: OutputWriter, data: Any, i
     writer.map(data.unmask(tau2), data.affine, contrast=None, stat="tau2", name="stat-tau2_statmap.nii.gz")
     if settings.model.dof == "effective":  # the t/F reference of every contrast's p and z, voxel by voxel
         writer.map(data.unmask(voxel_dof), data.affine, contrast=None, stat="dof", name="stat-dof_statmap.nii.gz")
-    return fitted
+    return fitted, variances

@@ -23,6 +23,7 @@ from runner.results import (BatchResult, MapOutput, MapViews, MethodResult, Null
 log = logging.getLogger("runner.inference")
 
 FEW_PERMUTATIONS = 1000  # fewer makes p-values coarse: the smallest attainable p is 1 / n_permutations
+MIXED_EFFECTS_WEIGHTS = "fixed"  # model=mfx: weights of the unpermuted fit held at every flip (measured in benchmarks/)
 
 
 @dataclass
@@ -139,6 +140,8 @@ def run_permutation(inputs: ContrastInputs, params_by_method: dict[str, Any]) ->
     batch = BatchResult(results={})
     all_passes = passes(params_by_method, inputs)
     for number, (options, names) in enumerate(all_passes):
+        if inputs.settings.model.kind == "mfx":
+            options = mixed_effects_options(options, inputs)
         log.info("contrast %s: permutation inference (%s), %d permutations requested", contrast.name,
                  ", ".join(names), options.n_permutations)
         space = data.surface.space if data.surface is not None else data.mask  # a mesh is its own graph
@@ -168,6 +171,21 @@ def run_permutation(inputs: ContrastInputs, params_by_method: dict[str, Any]) ->
         for method in names:
             batch.results[method] = _method_result(inputs, outcome, method, params_by_method[method])
     return batch
+
+
+def mixed_effects_options(options: Any, inputs: ContrastInputs) -> Any:
+    """model=mfx: the engine fits the mixed-effects statistic (z) at every sign-flip, with the fixed weights of
+    the unpermuted fit (see :mod:`runner.inference.permutation.mixed_effects` for the choice and its check)."""
+    from dataclasses import replace
+
+    from runner.inference.permutation import MixedEffectsOptions
+
+    if inputs.variances is None:
+        raise RunnerError("model=mfx: the permutation methods need the first-level variance maps")
+    model = inputs.settings.model
+    return replace(options, mixed_effects=MixedEffectsOptions(
+        variances=inputs.variances, estimator=model.tau2_estimator, knapp_hartung=model.knapp_hartung,
+        dof=model.dof, weights=MIXED_EFFECTS_WEIGHTS))
 
 
 def _method_result(inputs: ContrastInputs, outcome: Any, method: str, params: Any) -> MethodResult:

@@ -88,10 +88,18 @@ def search_volume(inputs: ContrastInputs, two_sided: bool) -> tuple[Any, Any]:
     smoothness = study_smoothness(inputs)
     result = inputs.fit
     counts = resel_counts(inputs.data.mask, smoothness.fwhm_voxels)
-    volume = SearchVolume.build(result.stat_type, (float(result.df_num), float(result.dof)), counts,
+    # model=mfx: each voxel's t has its own (effective) degrees of freedom, so the field is its z map (a Gaussian
+    # field, SPM's "Z"); the smoothness is still estimated from the design's OLS residuals
+    stat_type = "Z" if mixed_effects(inputs) else result.stat_type
+    volume = SearchVolume.build(stat_type, (float(result.df_num), float(result.dof)), counts,
                                 smoothness.fwhm_voxels, smoothness.voxel_size_mm, int(inputs.data.mask.sum()),
                                 two_sided)
     return smoothness, volume
+
+
+def mixed_effects(inputs: ContrastInputs) -> bool:
+    """True with model=mfx: the random field is the contrast's z map."""
+    return inputs.settings.model.kind == "mfx"
 
 
 def footer_pairs(footer: dict[str, Any], stat: str, cluster_forming_p: float, alpha: float) -> list[list[str]]:
@@ -121,9 +129,9 @@ def footer_pairs(footer: dict[str, Any], stat: str, cluster_forming_p: float, al
 def run_rft(inputs: ContrastInputs, params_by_method: dict[str, Any]) -> BatchResult:
     """Voxel-level FWE map, thresholded z map, RPV map, SPM's cluster table and footer for one contrast.
 
-    The voxel level thresholds z where the statistic exceeds the FWE height threshold (``stat-z_corr-rft``); the
+    The voxel level thresholds z where the statistic exceeds the FWE height threshold (``stat-z_desc-rft``); the
     cluster level keeps the clusters above the cluster-forming threshold whose cluster FWE p is below alpha
-    (``stat-z_corr-rft_desc-clusterlevel``).
+    (``stat-z_desc-rftClusterlevel``).
     """
     from runner.inference.methods.permutation import signed_logp
     from runner.inference.rft import fwe
@@ -135,7 +143,7 @@ def run_rft(inputs: ContrastInputs, params_by_method: dict[str, Any]) -> BatchRe
     two_sided = effective_two_sided(result.stat_type, params.two_sided)
     smoothness, volume = search_volume(inputs, two_sided)
     stat_type, df, counts = volume.stat_type, volume.df, volume.resel_counts
-    stat = np.asarray(result.stat, dtype=float)
+    stat = np.asarray(result.z if mixed_effects(inputs) else result.stat, dtype=float)
 
     # Voxel level: FWE p = min(RFT, Bonferroni) at every voxel (spm_P), threshold u with p(u) = alpha (spm_uc).
     log_p = fwe.peak_fwe_log_p(np.where(np.isfinite(stat), stat, np.nan), stat_type, df, counts, volume.n_voxels,

@@ -32,6 +32,7 @@ from runner.inference.permutation.options import (
     METHODS,
     REGRESSION_METHODS,
     SPATIAL_METHODS,
+    MixedEffectsOptions,
     PermutationOptions,
     PermutationResult,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "METHODS",
     "REGRESSION_METHODS",
     "SPATIAL_METHODS",
+    "MixedEffectsOptions",
     "PermutationModel",
     "PermutationOptions",
     "PermutationResult",

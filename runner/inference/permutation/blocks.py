@@ -20,7 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from runner.chunks import release_pages
-from runner.inference.permutation.model import PermutationModel
+from runner.inference.permutation import mixed_effects
+from runner.inference.permutation.mixed_effects import MixedEffectsKernel
+from runner.inference.permutation.model import PermutationModel, residualise
 from runner.inference.permutation.pvalues import tie_reference
 from runner.inference.permutation.scores import (
     PERMUTATION_BLOCK,
@@ -65,7 +67,7 @@ class BlockWork:
     tfce_H: float = 2.0
     tfce_dh: float | str | None = None
     sum_squares: np.ndarray | None = None
-    kernel: VarianceGroupKernel | None = None
+    kernel: VarianceGroupKernel | MixedEffectsKernel | None = None
 
 
 def spatial_unit(n_elements: int, n_voxels: int, rank: int, budget_bytes: int) -> int:
@@ -97,7 +99,13 @@ def maxt_block(work: BlockWork, first: int, last: int) -> dict[str, np.ndarray]:
     workspace: dict[str, np.ndarray] = {}
     for v0 in range(0, n_voxels, voxel_chunk):
         v1 = min(n_voxels, v0 + voxel_chunk)
-        if work.kernel is not None:
+        if isinstance(work.kernel, MixedEffectsKernel):
+            shuffled, _ = residualise(work.data[:, v0:v1], work.model, work.regression)
+            chunk_max, chunk_exceed = mixed_effects.chunk_null_maxima(
+                work.kernel, shuffled, slice(v0, v1), work.permutations, work.observed[v0:v1], work.two_sided,
+                first, last, block=PERMUTATION_BLOCK,
+            )
+        elif work.kernel is not None:
             chunk_max, chunk_exceed = kernel_null_maxima(
                 work.kernel, work.data[:, v0:v1], work.model, work.permutations, work.observed[v0:v1],
                 work.regression, work.two_sided, first, last, block=PERMUTATION_BLOCK,
@@ -125,6 +133,8 @@ def _spatial_unit(work: BlockWork, first: int, last: int) -> dict[str, np.ndarra
     """Whole statistic maps for elements first..last-1 (one GEMM), then their max-T, cluster and TFCE maxima."""
     model = work.model
     orders, signs = work.permutations.rows(first, last)
+    if isinstance(work.kernel, MixedEffectsKernel):
+        return _kernel_maps(work, orders, signs)
     if work.kernel is not None:
         return _kernel_maps(work, orders, signs)
     rows = shuffled_basis(model.moving, orders, signs)
@@ -152,7 +162,10 @@ def _spatial_unit(work: BlockWork, first: int, last: int) -> dict[str, np.ndarra
 def _kernel_maps(work: BlockWork, orders: np.ndarray, signs: np.ndarray) -> dict[str, np.ndarray]:
     """Whole v / G maps of one unit of elements, then their max-T, cluster and TFCE maxima (``work.sum_squares``
     holds the squared residualised data here)."""
-    stat_maps, _ = shuffled_statistics(work.kernel, work.data, work.sum_squares, orders, signs, with_dof=False)
+    if isinstance(work.kernel, MixedEffectsKernel):
+        stat_maps = mixed_effects.flipped_statistics(work.kernel, work.data, slice(None), signs)
+    else:
+        stat_maps, _ = shuffled_statistics(work.kernel, work.data, work.sum_squares, orders, signs, with_dof=False)
     test = np.abs(stat_maps) if work.mode == "abs" else stat_maps
     out: dict[str, np.ndarray] = {
         "maxt": np.fmax.reduce(test, axis=1, initial=-np.inf),
@@ -164,5 +177,7 @@ def _kernel_maps(work: BlockWork, orders: np.ndarray, signs: np.ndarray) -> dict
         out["clustersize"], out["clustermass"] = cluster_maxima(stat_maps, work.threshold, work.graph,
                                                                 work.two_sided)
     if "tfce" in work.methods:
-        out["tfce"] = tfce_maxima(stat_maps, work.graph, work.tfce_E, work.tfce_H, work.tfce_dh, work.two_sided)
+        # mixed effects on a mesh: area-weighted as the t maps (variance groups keep their unweighted TFCE)
+        out["tfce"] = tfce_maxima(stat_maps, work.graph, work.tfce_E, work.tfce_H, work.tfce_dh, work.two_sided,
+                                  area_weighted=isinstance(work.kernel, MixedEffectsKernel) and on_mesh(work.graph))
     return out

@@ -8,6 +8,7 @@ The steps follow PALM: partition the model (:mod:`.model`), draw the permutation
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
@@ -24,6 +25,7 @@ from runner.inference.permutation.blocks import (
     spatial_block,
     spatial_unit,
 )
+from runner.inference.permutation import mixed_effects
 from runner.inference.permutation.model import partition_model, residualise, separate_invariant_nuisance
 from runner.inference.permutation.options import (
     DEFAULT_MEMORY_BUDGET,
@@ -162,11 +164,17 @@ def permutation_inference(
     )
     if scheme == "permutation":
         model = separate_invariant_nuisance(model, invariant_subspace(blocks, design.shape[0], options.whole_block))
-    # the statistic kernel: pooled-variance t/F scores (.scores) or, with variance groups, v/G (.variance_groups)
+    # the statistic kernel: pooled-variance t/F scores (.scores), with variance groups v/G (.variance_groups), or
+    # the mixed-effects z (.mixed_effects)
     kernel = None if options.variance_groups is None else make_kernel(model, np.asarray(options.variance_groups))
+    mixed = options.mixed_effects
+    if mixed is not None:
+        kernel = mixed_effects.make_kernel(design, np.atleast_2d(contrast), mixed.variances,
+                                           estimator=mixed.estimator, knapp_hartung=mixed.knapp_hartung,
+                                           dof=mixed.dof, weights=mixed.weights)
     statistic = model.stat_type if kernel is None else kernel.statistic
     two_sided = bool(options.two_sided) and model.stat_type == "t"
-    mode = score_mode(model, two_sided)
+    mode = score_mode(model, two_sided) if mixed is None else ("abs" if two_sided else "signed")
     budget = int(options.memory_budget_bytes or DEFAULT_MEMORY_BUDGET)
     n_elements, (n_rows, n_voxels) = permutations.size, Y.shape
     rank = model.basis.shape[1]
@@ -178,7 +186,13 @@ def permutation_inference(
         f"{model.stat_type} test, {model.dof} degrees of freedom, {options.method.replace('_', '-')} regression"
         + (", two-sided" if two_sided else ", one-sided" if model.stat_type == "t" else "")
     )
-    if kernel is not None:
+    if mixed is not None:
+        messages.append(
+            f"statistic z of the mixed-effects {model.stat_type} ({mixed.estimator.upper()} tau2, "
+            + ("Knapp-Hartung" if mixed.knapp_hartung else "model-based") + f" variance, {mixed.dof} dof); "
+            + ("weights of the unpermuted fit held at every flip" if mixed.weights == "fixed"
+               else "tau2 and the weights re-estimated at every flip"))
+    elif kernel is not None:
         messages.append(
             f"statistic {statistic} (Winkler et al. 2014) with {kernel.n_groups} variance groups of "
             f"{', '.join(str(int(n)) for n in kernel.sizes)} rows; degrees of freedom per voxel "
@@ -193,20 +207,31 @@ def permutation_inference(
     neighbourhood = "mesh edges" if isinstance(mask, MeshSpace) else f"connectivity {options.connectivity}"
     threshold = None
     if any(m in CLUSTER_METHODS for m in methods):
-        threshold = cluster_forming_threshold(options.cluster_forming_p, model, two_sided)
+        threshold = cluster_forming_threshold(options.cluster_forming_p, model, two_sided, on_z=mixed is not None)
+        forming_stat = "z" if mixed is not None else model.stat_type
         messages.append(
-            f"cluster-forming threshold {model.stat_type} > {threshold:.4g} (p < {options.cluster_forming_p}"
+            f"cluster-forming threshold {forming_stat} > {threshold:.4g} (p < {options.cluster_forming_p}"
             f"{', two-sided' if two_sided else ''}), {neighbourhood}"
         )
 
     # observed statistics, chunk by chunk over voxels; two-sided t tests compare |t|
     map_mode = "F" if model.stat_type == "F" else "signed"
     signed = np.empty(n_voxels)
-    dof_map = None if kernel is None else np.empty(n_voxels)
+    dof_map = None if (kernel is None or mixed is not None) else np.empty(n_voxels)
     chunk = max(1, min(n_voxels, budget // (8 * (3 * n_rows + 4 * rank + 8))))
-    if kernel is not None:
+    if mixed is not None:  # tau2 of the unflipped data (the maps' tau2) fixes the weights, chunk by chunk below
+        kernel = dataclasses.replace(kernel, tau2=np.empty(n_voxels))
+        chunk = max(1, min(n_voxels, budget // (8 * 16 * n_rows)))
+    elif kernel is not None:
         chunk = max(1, min(n_voxels, budget // (8 * (2 * n_rows + kernel.working_rows))))
     for v0 in range(0, n_voxels, chunk):
+        if mixed is not None:
+            voxels = slice(v0, v0 + chunk)
+            kernel.tau2[voxels] = mixed_effects.fit_tau2(kernel, Y[:, voxels], voxels)
+            _, observed_data = residualise(Y[:, voxels], model, options.method)
+            signed[voxels] = mixed_effects.observed_statistics(kernel, observed_data, voxels)
+            release_pages(Y)
+            continue
         if kernel is not None:
             signed[v0 : v0 + chunk], dof_map[v0 : v0 + chunk] = observed_statistics(
                 kernel, Y[:, v0 : v0 + chunk], model, options.method)
@@ -232,7 +257,8 @@ def permutation_inference(
             shuffled[:, excluded] = 0.0
         unit = spatial_unit(n_elements, n_voxels, rank if kernel is None else kernel.working_rows, budget)
         # the t/F kernel reads the moving sum of squares, the v/G kernel the squared data
-        sum_squares = moving_sum_squares(shuffled, model) if kernel is None else shuffled * shuffled
+        sum_squares = (moving_sum_squares(shuffled, model) if kernel is None
+                       else None if mixed is not None else shuffled * shuffled)
         work = BlockWork(data=shuffled, unit=unit, methods=methods, graph=graph, threshold=threshold,
                          tfce_E=options.tfce_E, tfce_H=options.tfce_H, tfce_dh=options.tfce_dh,
                          sum_squares=sum_squares, **common)
@@ -308,6 +334,8 @@ def permutation_inference(
 def _choose_scheme(options: PermutationOptions, model, blocks: np.ndarray | None) -> tuple[str, str]:
     """The scheme to run and why: variance groups decide it (:func:`~.variance_groups.variance_group_scheme`),
     else ``auto`` sign-flips when permuting rows cannot move the effect and permutes otherwise."""
+    if options.mixed_effects is not None:
+        return mixed_effects.check_scheme(options.scheme)
     if options.variance_groups is not None:
         return variance_group_scheme(options.scheme, np.asarray(options.variance_groups), blocks)
     if options.scheme != "auto":

@@ -34,7 +34,8 @@ class PermutationOptions:
     number of permutations per task (rounded up to whole GEMM units; None: chosen from the number of workers);
     neither changes the results. ``variance_groups`` gives one label per row: the statistic becomes the
     Aspin–Welch v (t contrasts) or G (F contrasts) of Winkler et al. 2014 and the "auto" scheme sign-flips
-    (see :mod:`.variance_groups`).
+    (see :mod:`.variance_groups`). ``mixed_effects`` (model=mfx) makes the statistic the z of the
+    mixed-effects t / F and the scheme sign-flips (see :mod:`.mixed_effects`).
     """
 
     n_permutations: int = 10000
@@ -54,6 +55,19 @@ class PermutationOptions:
     memory_budget_bytes: int | None = None
     block_size: int | None = None
     variance_groups: np.ndarray | Sequence | None = None
+    mixed_effects: "MixedEffectsOptions | None" = None
+
+
+@dataclass(frozen=True)
+class MixedEffectsOptions:
+    """model=mfx: the first-level variances (n, V) and how the mixed-effects statistic is fitted at every flip
+    (see :mod:`runner.inference.permutation.mixed_effects`)."""
+
+    variances: np.ndarray
+    estimator: str = "reml"
+    knapp_hartung: bool = True
+    dof: str = "effective"
+    weights: str = "fixed"
 
 
 @dataclass(frozen=True)

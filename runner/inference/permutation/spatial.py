@@ -22,10 +22,12 @@ from runner.inference.tfce import VoxelGraph, label_components, tfce
 CLUSTER_METHODS = ("clustersize", "clustermass")
 
 
-def cluster_forming_threshold(p: float, model: PermutationModel, two_sided: bool) -> float:
-    """Statistic threshold for a cluster-forming p (two-sided t: p/2 in each tail)."""
+def cluster_forming_threshold(p: float, model: PermutationModel, two_sided: bool, on_z: bool = False) -> float:
+    """Statistic threshold for a cluster-forming p (two-sided t: p/2 in each tail); ``on_z`` for z statistics."""
     if not 0 < p < 1:
         raise RunnerError(f"cluster_forming_p must be in (0, 1), got {p}")
+    if on_z:
+        return float(distributions.norm.isf(p / 2 if two_sided else p))
     if model.stat_type == "F":
         return float(distributions.f.isf(p, model.n_effects, model.dof))
     return float(distributions.t.isf(p / 2 if two_sided else p, model.dof))
