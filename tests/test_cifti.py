@@ -94,8 +94,9 @@ def fsaverage5_runs(tmp_path_factory):
 
 def gifti_counterpart(run_dir: Path, cifti_name: str) -> np.ndarray:
     stem = cifti_name[: -len("_statmap.dscalar.nii")]
-    return np.concatenate([np.asarray(nib.load(run_dir / f"{stem}_hemi-{h}_statmap.func.gii").darrays[0].data,
-                                      dtype=np.float64) for h in ("L", "R")])
+    head, _, desc = stem.partition("_desc-")  # BIDS puts hemi before desc
+    names = [f"{head}_hemi-{h}" + (f"_desc-{desc}" if desc else "") + "_statmap.func.gii" for h in ("L", "R")]
+    return np.concatenate([np.asarray(nib.load(run_dir / n).darrays[0].data, dtype=np.float64) for n in names])
 
 
 def test_cifti_outputs_keep_the_inputs_brain_models_and_equal_the_gifti_run(fsaverage5_runs):
