@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 BUILTIN_MODULES = ("runner.inference.methods.height", "runner.inference.methods.permutation",
                    "runner.inference.methods.ari", "runner.inference.methods.rft",
-                   "runner.inference.methods.validity")
+                   "runner.inference.methods.validity", "runner.inference.methods.npc")
 
 
 @dataclass(frozen=True)

@@ -80,7 +80,7 @@ class TfceCorrection(PermutationCorrection):
 
 
 # what the critical value of each method measures, for the report
-MEASURES = {"maxt": ("", ""), "clustersize": ("cluster size", " voxels"), "clustermass": ("cluster mass", ""),
+MEASURES = {"maxt": ("", ""), "npc": ("", ""), "clustersize": ("cluster size", " voxels"), "clustermass": ("cluster mass", ""),
             "tfce": ("TFCE", "")}
 MESH_UNITS = {"clustersize": " mm2"}  # on a mesh, cluster size is the cluster's area
 
@@ -99,7 +99,7 @@ def _engine_settings(params: Any, inputs: ContrastInputs) -> tuple[dict[str, Any
         blocks = tuple(int(b) for b in pd.factorize(design.table[column].astype(str))[0] + 1)
     budget = int(settings.memory_budget_gb * 1024**3 / 4) if settings.memory_budget_gb else None
     groups = None
-    if params.variance_groups:
+    if getattr(params, "variance_groups", None):
         from runner.inference.methods.variance_groups import resolve_variance_groups
 
         groups = resolve_variance_groups(params.variance_groups, inputs)
