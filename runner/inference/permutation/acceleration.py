@@ -7,7 +7,8 @@ the permutation null of the maximum statistic by a distribution fitted to it:
   al. 2009). The GPD is parameterised as Hosking & Wallis (1987): survival ``S(y) = (1 - k y / a)^(1/k)`` of the
   excess ``y = x - u`` (``S = exp(-y / a)`` when ``k = 0``; scipy's ``genpareto`` has ``c = -k``, ``scale = a``),
   fitted by their method of moments (section 3.2): with mean ``m`` and variance ``s2`` of the excesses,
-  ``a = m (m^2 / s2 + 1) / 2`` and ``k = (m^2 / s2 - 1) / 2``. The threshold is chosen as PALM does: candidate
+  ``a = m (m^2 / s2 + 1) / 2`` and ``k = (m^2 / s2 - 1) / 2``; a positive k (a tail with an upper end) is replaced by
+  the exponential tail (k = 0, a = m). The threshold is chosen as PALM does: candidate
   tails start at the empirical quantiles 0.751, 0.761, ..., 0.971 of the null; the first whose Anderson-Darling
   goodness-of-fit p (Choulakian & Stephens 2001, table 2, a and k estimated) exceeds 0.05 is kept, ``u`` being
   halfway between the last value below the tail and the first in it. Observed values above ``u`` get
@@ -16,10 +17,14 @@ the permutation null of the maximum statistic by a distribution fitted to it:
 - ``gamma``: a Pearson type III (shifted gamma) distribution with the mean, standard deviation and skewness of the
   null (moment estimators), whose survival gives every p (Winkler et al. 2016, "gamma approximation").
 
-Departures from PALM's ``palm_pareto.m``, on purpose: the empirical CDF counts ties as ``#{null <= x} / P`` (every
+Departures from PALM's ``palm_pareto.m``, on purpose: k is capped at 0, because a tail with an upper end gives
+p = 0 to every value beyond it, a certainty 500 permutations cannot give (the maxima of t, z, cluster and TFCE
+statistics have unbounded, exponential or heavier tails); the empirical CDF counts ties as ``#{null <= x} / P`` (every
 tied value is in or out of a tail together, so no excess is zero); the shape used to read the Anderson-Darling table
 is clipped to the table's range [-0.5, 0.9] (PALM reads it at ``max(0.5, k)``); p beyond the upper end of a
-bounded tail (``k > 0``) is floored at :data:`SMALLEST_P` instead of 0, so -log10 p stays finite.
+bounded tail (``k > 0``) is floored at :data:`SMALLEST_P` instead of 0, so -log10 p stays finite; the identity
+(element 0, the observed maximum) is left out of the fitted null (:func:`fit_null`), since with an effect it is
+an outlier that inflates the moment estimates (PALM fits the distribution with it).
 """
 
 from __future__ import annotations
@@ -179,6 +184,8 @@ def fit_tail(null: np.ndarray) -> NullFit:
         threshold = 0.5 * (values[first - 1] + values[first])
         excess = tail - threshold
         scale, shape = gpd_fit_moments(excess)
+        if shape > 0:  # a bounded tail would give p = 0 beyond its end: take the exponential tail instead
+            scale, shape = float(np.mean(excess)), 0.0
         statistic = anderson_darling(1.0 - gpd_survival(excess, scale, shape))
         p = anderson_darling_p(statistic, shape)
         if p > GOODNESS_OF_FIT_P:
@@ -224,11 +231,16 @@ def pearson3_inverse_survival(p: float, mean: float, sd: float, skewness: float)
 
 
 def fit_null(null: np.ndarray, kind: str) -> NullFit | None:
-    """The fit ``kind`` asks for ("tail", "gamma"; None for "none")."""
+    """The fit ``kind`` asks for ("tail", "gamma"; None for "none") to a null whose element 0 is the identity.
+
+    The identity's value (the observed maximum) is left out of the fit: with a real effect it is an outlier of the
+    null that would inflate the moments, and so every approximated p.
+    """
+    permuted = np.asarray(null, dtype=np.float64)[1:]
     if kind == "tail":
-        return fit_tail(null)
+        return fit_tail(permuted)
     if kind == "gamma":
-        return fit_gamma(null)
+        return fit_gamma(permuted)
     return None
 
 

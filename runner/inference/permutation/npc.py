@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+from scipy import special
 
 from runner.errors import RunnerError, did_you_mean
 from runner.execution import Executor, LocalExecutor, ProgressReporter, Task, resolve_workers
@@ -48,12 +49,28 @@ VOXEL_CHUNK = 2048  # voxels per chunk of a block
 
 
 def partial_log_p(stat: np.ndarray, stat_type: str, rank: int, dof: float, two_sided: bool) -> np.ndarray:
-    """Natural log of the parametric p of each statistic (two-sided t: ``2 P(T > |t|)``, capped at log 1)."""
-    if stat_type == "F":
-        return f_logsf(stat, rank, dof)
-    if two_sided:
-        return np.minimum(np.log(2.0) + t_logsf(np.abs(stat), dof), 0.0)
-    return t_logsf(stat, dof)
+    """Natural log of the parametric p of each statistic (two-sided t: ``2 P(T > |t|)``, capped at log 1).
+
+    The CDFs of scipy.special serve the bulk; p below 1e-300 is recomputed in log space (:mod:`runner.stats`).
+    """
+    stat = np.asarray(stat, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if stat_type == "F":
+            p = special.fdtrc(rank, dof, np.maximum(stat, 0.0))
+        elif two_sided:
+            p = np.minimum(2.0 * special.stdtr(dof, -np.abs(stat)), 1.0)
+        else:
+            p = special.stdtr(dof, -stat)
+        log_p = np.log(p)
+    deep = np.isfinite(stat) & ~(p > 1e-300)
+    if deep.any():
+        if stat_type == "F":
+            log_p[deep] = f_logsf(stat[deep], rank, dof)
+        elif two_sided:
+            log_p[deep] = np.log(2.0) + t_logsf(np.abs(stat[deep]), dof)
+        else:
+            log_p[deep] = t_logsf(stat[deep], dof)
+    return log_p
 
 
 def combine_log_p(log_p: np.ndarray, how: str) -> np.ndarray:
