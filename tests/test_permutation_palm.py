@@ -212,3 +212,19 @@ def test_npc_with_tail_in_a_run(tmp_path):
     with pytest.raises(RunnerError, match="not a contrast of the run"):
         run_analysis(tmp_path / "run2", overrides + ["correction=[npc]", "correction.npc.contrasts=[mean,x3]",
                                                      "report=false"])
+
+
+def test_z_scale_for_maxima_of_different_statistics_matches_scipy():
+    from runner.inference.methods.null_maximum import AcrossContrasts, to_z
+
+    t = np.array([0.5, 2.0, 7.5, np.nan, -np.inf])
+    np.testing.assert_allclose(to_z(t[:3], "t", 1, 12, True), stats.norm.isf(2 * stats.t.sf(t[:3], 12)), rtol=1e-10)
+    np.testing.assert_allclose(to_z(t[:3], "t", 1, 12, False), stats.norm.isf(stats.t.sf(t[:3], 12)), rtol=1e-10)
+    F = np.array([0.3, 4.0, 40.0])
+    np.testing.assert_allclose(to_z(F, "F", 2, 12, False), stats.norm.isf(stats.f.sf(F, 2, 12)), rtol=1e-10)
+    z = to_z(t, "t", 1, 12, True)
+    assert np.isnan(z[3]) and z[4] == -np.inf
+    for stat_type, rank, two_sided, value in (("t", 1, True, 3.1), ("t", 1, False, 3.1), ("F", 2, False, 9.0)):
+        view = AcrossContrasts(np.zeros(1), np.zeros(1), ("a",), "z", two_sided, stat_type, rank, 12.0)
+        back = view.to_statistic(float(to_z(np.array([value]), stat_type, rank, 12, two_sided)[0]))
+        assert back == pytest.approx(value, rel=1e-8)

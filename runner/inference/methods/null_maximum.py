@@ -77,7 +77,9 @@ def reassess(outcome: Any, method: str, params: Any, across: AcrossContrasts | N
     """The outcome of one method with its FWE p recomputed from the null across contrasts and/or a fitted tail.
 
     Returns the outcome (unchanged when neither is asked) and facts for the method result: ``critical`` (alpha ->
-    critical value on the statistic's scale), ``summary`` entries and ``notes`` for the report.
+    critical value on the statistic's scale), ``null_critical`` (the same on the null's scale, z when maxima of
+    different statistics were compared), ``observed_max`` (this contrast's, across contrasts), ``summary`` entries
+    and ``notes`` for the report.
     """
     accel = getattr(params, "accel", "none")
     if accel == "none" and across is None:
@@ -99,9 +101,14 @@ def reassess(outcome: Any, method: str, params: Any, across: AcrossContrasts | N
         value = accelerated_critical_value(null, alpha, fit)
         return across.to_statistic(value) if across is not None else value
 
+    facts: dict[str, Any] = {"critical": critical, "null_critical": lambda a: accelerated_critical_value(null, a, fit)}
     summary: dict[str, Any] = {}
     notes: list[str] = []
     if across is not None:
+        finite = measure[np.isfinite(measure)]
+        facts["observed_max"] = float(finite.max()) if finite.size else float("nan")
+        if across.scale == "z":
+            summary["null_scale"] = "z"
         summary["across_contrasts"] = (f"FWE over contrasts {', '.join(across.contrasts)} (maximum over contrasts"
                                        + (" of z-scores" if across.scale == "z" else "") + ", same permutations)")
     if fit is not None:
@@ -115,7 +122,8 @@ def reassess(outcome: Any, method: str, params: Any, across: AcrossContrasts | N
         else:
             notes.append(fit.describe())
         log.info("%s: %s", method, fit.describe())
-    return changed, {"critical": critical, "summary": summary, "notes": notes}
+    facts.update(summary=summary, notes=notes)
+    return changed, facts
 
 
 def comparison_scale(method: str, outcomes: dict[str, Any], ranks: dict[str, int]) -> str:

@@ -141,8 +141,10 @@ def run_permutation(inputs: ContrastInputs, params_by_method: dict[str, Any]) ->
     return permutation_batch(inputs, params_by_method, permutation_outcomes(inputs, passes(params_by_method, inputs)))
 
 
-def permutation_outcomes(inputs: ContrastInputs, all_passes: list[tuple[Any, list[str]]]) -> list[tuple[Any, list[str],
-                                                                                                        Any]]:
+Outcomes = list[tuple[Any, list[str], Any]]  # (PermutationOptions, method names, PermutationResult) per pass
+
+
+def permutation_outcomes(inputs: ContrastInputs, all_passes: list[tuple[Any, list[str]]]) -> Outcomes:
     """Run each pass of one contrast: ``(options, method names, PermutationResult)`` per pass."""
     from runner.inference.permutation import permutation_inference
 
@@ -158,8 +160,8 @@ def permutation_outcomes(inputs: ContrastInputs, all_passes: list[tuple[Any, lis
     return out
 
 
-def permutation_batch(inputs: ContrastInputs, params_by_method: dict[str, Any], outcomes: list[tuple[Any, list[str],
-                      Any]], across: dict[str, Any] | None = None) -> BatchResult:
+def permutation_batch(inputs: ContrastInputs, params_by_method: dict[str, Any], outcomes: Outcomes,
+                      across: dict[str, Any] | None = None) -> BatchResult:
     """The outputs of one contrast's passes; ``across`` holds the null over contrasts of methods corrected
     across contrasts (:mod:`.null_maximum`)."""
     from runner.inference.methods.null_maximum import reassess
@@ -212,6 +214,9 @@ def _method_result(inputs: ContrastInputs, outcome: Any, method: str, params: An
         logp = signed_logp(logp, outcome.stat)
     null = outcome.null_max[method]
     critical = facts["critical"](alpha) if "critical" in facts else critical_value(null, alpha)
+    # the null's own scale (z-scores when maxima of different statistics were compared across contrasts)
+    null_critical = facts["null_critical"](alpha) if "null_critical" in facts else critical
+    observed_max = facts.get("observed_max", float(null[0]) if null.size else float("nan"))
     surviving = outcome.corrected_p[method] < alpha
     meta = dict(alpha=alpha, n_permutations=outcome.n_permutations_done, exhaustive=outcome.exhaustive,
                 two_sided=outcome.two_sided)
@@ -227,9 +232,9 @@ def _method_result(inputs: ContrastInputs, outcome: Any, method: str, params: An
         MapOutput(logp, stat="logp", correction=method, meta=dict(meta, signed=outcome.two_sided)),
         MapOutput(thresholded, stat=stat_name, correction=method, meta=dict(meta, threshold=critical)),
         TableOutput(pd.DataFrame({"permutation": np.arange(null.size), "max_statistic": null}), suffix="nulldist",
-                    kind="table", stat=stat_name, correction=method, meta=dict(meta, threshold=critical)),
+                    kind="table", stat=stat_name, correction=method, meta=dict(meta, threshold=null_critical)),
         TableOutput(table, suffix="clusters", kind="clusters", stat=stat_name, correction=method, meta=meta),
-        NullFigure(null, float(null[0]) if null.size else float("nan"), critical, method, title),
+        NullFigure(null, observed_max, null_critical, method, title),
         MapViews(logp, stat="logp", correction=method, threshold=-np.log10(alpha),
                  title=f"{contrast.name}: -log10 FWE p ({method}, {outcome.n_permutations_done} permutations)"
                  + (", signed by t" if outcome.two_sided else ""), cut_coords_mm=table_peak(table)),
