@@ -4,6 +4,7 @@ Run on demand (not a test)::
 
     .venv/bin/python benchmarks/bench_palm.py calibration                    # 500 smooth null datasets
     .venv/bin/python benchmarks/bench_palm.py tail                           # 500 + tail vs 100,000 permutations
+    .venv/bin/python benchmarks/bench_palm.py tail --method tfce --reference 20000
     .venv/bin/python benchmarks/bench_palm.py tfce-time                      # 100 subjects at 2 mm, TFCE
 
 ``calibration``: each dataset is smooth Gaussian noise (sigma ``--smoothing`` voxels) on a ``--shape``^3 box for
@@ -13,7 +14,8 @@ contrast (three separate corrections, for comparison), and combined by NPC (Fish
 method, the share of datasets with any FWE p <= alpha over the family (the three contrasts), its 95%
 Clopper-Pearson interval and the verdict against the central 95% binomial interval of alpha.
 
-``tail``: a one-sample study with effects of graded size (smooth noise plus blobs); max-T FWE p from ``--short``
+``tail``: a one-sample study with effects of graded size (smooth noise plus blobs); FWE p of ``--method`` (max-T or
+TFCE) from ``--short``
 permutations plus the generalised Pareto tail, against ``--reference`` permutations. It prints how many voxels with
 reference p >= 1e-4 agree within Monte Carlo error (3 sd of a ``--short``-permutation estimate plus that of the
 reference), and how many with reference p below 1/``--short`` the tail resolves below it.
@@ -102,17 +104,18 @@ def tail(args: argparse.Namespace) -> None:
     X = np.ones((args.subjects, 1))
     contrast = np.array([1.0])
     t0 = time.perf_counter()
-    short = permutation_inference(Y, X, contrast, mask, ("maxt",),
+    method = args.method
+    short = permutation_inference(Y, X, contrast, mask, (method,),
                                   PermutationOptions(n_permutations=args.short, seed=1, n_jobs=args.jobs))
-    fit = fit_null(short.null_max["maxt"], "tail")
-    accelerated = accelerated_p_values(short.observed_measure["maxt"], short.null_max["maxt"], fit)
+    fit = fit_null(short.null_max[method], "tail")
+    accelerated = accelerated_p_values(short.observed_measure[method], short.null_max[method], fit)
     t_short = time.perf_counter() - t0
     t0 = time.perf_counter()
-    long = permutation_inference(Y, X, contrast, mask, ("maxt",),
+    long = permutation_inference(Y, X, contrast, mask, (method,),
                                  PermutationOptions(n_permutations=args.reference, seed=2, n_jobs=args.jobs))
     t_long = time.perf_counter() - t0
-    reference = long.corrected_p["maxt"]
-    print(f"one-sample, {args.subjects} maps, {mask.sum()} voxels; {fit.describe()}")
+    reference = long.corrected_p[method]
+    print(f"{method}, one-sample, {args.subjects} maps, {mask.sum()} voxels; {fit.describe()}")
     print(f"  {args.short} permutations + tail: {t_short:.1f} s; {args.reference} permutations: {t_long:.1f} s")
     checked = reference >= 1e-4
     error = (3 * np.sqrt(reference * (1 - reference) / args.short)
@@ -124,7 +127,7 @@ def tail(args: argparse.Namespace) -> None:
         if band.any():
             ratio = np.median(accelerated[band] / reference[band])
             print(f"    reference p in [{low:g}, {high:g}): {band.sum():5d} voxels, median tail/reference "
-                  f"{ratio:.2f}, plain/reference {np.median(short.corrected_p['maxt'][band] / reference[band]):.2f}")
+                  f"{ratio:.2f}, plain/reference {np.median(short.corrected_p[method][band] / reference[band]):.2f}")
     below = reference < 1 / args.short
     print(f"  voxels with reference p < 1/{args.short}: {below.sum()}, tail p < 1/{args.short}: "
           f"{(accelerated[below] < 1 / args.short).sum()} (plain p is at least {1 / args.short:g})")
@@ -178,6 +181,7 @@ def main() -> None:
     parser.add_argument("--short", type=int, default=500)
     parser.add_argument("--reference", type=int, default=100000)
     parser.add_argument("--plain", type=int, default=10000)
+    parser.add_argument("--method", default="maxt", choices=("maxt", "tfce"), help="tail: the FWE method")
     parser.add_argument("--alpha", type=float, default=0.05)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--seed", type=int, default=2016)

@@ -228,3 +228,36 @@ def test_z_scale_for_maxima_of_different_statistics_matches_scipy():
         view = AcrossContrasts(np.zeros(1), np.zeros(1), ("a",), "z", two_sided, stat_type, rank, 12.0)
         back = view.to_statistic(float(to_z(np.array([value]), stat_type, rank, 12, two_sided)[0]))
         assert back == pytest.approx(value, rel=1e-8)
+
+
+def test_tail_on_cluster_and_tfce_nulls_updates_voxels_and_cluster_tables():
+    from types import SimpleNamespace
+
+    from runner.inference.methods.null_maximum import reassess
+
+    rng = np.random.default_rng(8)
+    mask = np.ones((8, 8, 6), dtype=bool)
+    n = 16
+    Y = rng.standard_normal((n, mask.sum()))
+    grid = np.indices(mask.shape).reshape(3, -1).T
+    Y += 1.2 * (((grid - [3, 3, 3]) ** 2).sum(axis=1) <= 3)  # a blob
+    out = permutation_inference(Y, np.ones((n, 1)), np.array([1.0]), mask, ("clustersize", "tfce"),
+                                PermutationOptions(n_permutations=300, cluster_forming_p=0.01))
+    for method in ("clustersize", "tfce"):
+        changed, facts = reassess(out, method, SimpleNamespace(accel="tail"), None)
+        fit = fit_null(out.null_max[method], "tail")
+        expected = accelerated_p_values(out.observed_measure[method], out.null_max[method], fit)
+        np.testing.assert_array_equal(changed.corrected_p[method], expected)
+        assert facts["summary"]["accel"] == "tail" and facts["summary"]["null_fit"] == fit.describe()
+        # TFCE's null fits; cluster sizes of this small rough grid (few distinct values) do not: permutation p stays
+        assert fit.fitted == (method == "tfce")
+        if fit.fitted:
+            assert changed.corrected_p[method].min() < 1 / 300  # the blob, beyond every permuted maximum
+        else:
+            np.testing.assert_array_equal(changed.corrected_p[method], out.corrected_p[method])
+            assert facts["notes"] == [fit.describe()]
+        if method == "clustersize":
+            table = changed.clusters[method]
+            np.testing.assert_array_equal(
+                table["p_fwe"], accelerated_p_values(table["size_voxels"].to_numpy(float), out.null_max[method], fit))
+        assert changed.corrected_p is not out.corrected_p and out.corrected_p[method].min() >= 1 / 300
