@@ -80,7 +80,8 @@ class TfceCorrection(PermutationCorrection):
 
 
 # what the critical value of each method measures, for the report
-MEASURES = {"maxt": ("", ""), "npc": ("", ""), "clustersize": ("cluster size", " voxels"), "clustermass": ("cluster mass", ""),
+MEASURES = {"maxt": ("", ""), "npc": ("", ""), "clustersize": ("cluster size", " voxels"),
+            "clustermass": ("cluster mass", ""),
             "tfce": ("TFCE", "")}
 MESH_UNITS = {"clustersize": " mm2"}  # on a mesh, cluster size is the cluster's area
 
