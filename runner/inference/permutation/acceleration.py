@@ -167,8 +167,11 @@ def anderson_darling_p(statistic: float, shape: float) -> float:
     return float(np.clip(AD_LEVELS[i] + slope * (statistic - row[i]), 0.0, 1.0))
 
 
-def fit_tail(null: np.ndarray) -> NullFit:
-    """Fit a GPD to the upper tail of a null distribution, the threshold chosen by goodness of fit (see module)."""
+def fit_tail(null: np.ndarray, cap_shape: bool = True) -> NullFit:
+    """Fit a GPD to the upper tail of a null distribution, the threshold chosen by goodness of fit (see module).
+
+    ``cap_shape`` False keeps a positive shape (a tail with an upper end), as PALM; for comparisons only.
+    """
     values = np.sort(np.asarray(null, dtype=np.float64))
     values = values[np.isfinite(values)]
     n_null = values.size
@@ -184,7 +187,7 @@ def fit_tail(null: np.ndarray) -> NullFit:
         threshold = 0.5 * (values[first - 1] + values[first])
         excess = tail - threshold
         scale, shape = gpd_fit_moments(excess)
-        if shape > 0:  # a bounded tail would give p = 0 beyond its end: take the exponential tail instead
+        if shape > 0 and cap_shape:  # a bounded tail would give p = 0 beyond its end: take the exponential tail instead
             scale, shape = float(np.mean(excess)), 0.0
         statistic = anderson_darling(1.0 - gpd_survival(excess, scale, shape))
         p = anderson_darling_p(statistic, shape)
