@@ -114,3 +114,16 @@ def test_gamma_fit_uses_moment_estimators():
     p = accelerated_p_values(x, null, fit)
     np.testing.assert_allclose(p[:2], stats.gamma.sf(x[:2], 3.0), rtol=0.5)
     assert p[2] == 1.0
+
+
+def test_fitted_density_is_the_scaled_scipy_pdf():
+    from runner.inference.permutation.acceleration import NullFit, fitted_density
+
+    tail = NullFit("tail", True, 500, threshold=2.0, n_tail=100, scale=0.7, shape=-0.2)
+    x = np.linspace(0.0, 9.0, 50)
+    expected = 100 * stats.genpareto.pdf(x - 2.0, c=0.2, scale=0.7)
+    np.testing.assert_allclose(fitted_density(tail, x)[x >= 2], expected[x >= 2], rtol=1e-10)
+    assert np.isnan(fitted_density(tail, x)[x < 2]).all()
+    gamma = NullFit("gamma", True, 400, mean=3.0, sd=0.8, skewness=0.9)
+    np.testing.assert_allclose(fitted_density(gamma, x), 400 * stats.pearson3.pdf(x, 0.9, loc=3.0, scale=0.8),
+                               rtol=1e-9, atol=1e-300)

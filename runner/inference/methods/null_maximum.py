@@ -26,6 +26,7 @@ from runner.inference.permutation.acceleration import (
     accelerated_critical_value,
     accelerated_p_values,
     fit_null,
+    fitted_density,
 )
 from runner.stats import f_logsf, t_logsf, z_from_logsf
 
@@ -114,6 +115,13 @@ def reassess(outcome: Any, method: str, params: Any, across: AcrossContrasts | N
     if fit is not None:
         summary["accel"] = accel
         summary["null_fit"] = fit.describe()
+        if fit.fitted:
+            finite = null[np.isfinite(null)]
+            start = fit.threshold if fit.kind == "tail" else float(finite.min())
+            x = np.linspace(start, max(float(finite.max()), facts.get("observed_max", -np.inf)), 200)
+            facts["fitted_curve"] = (x, fitted_density(fit, x))
+            facts["fitted_label"] = ("fitted generalised Pareto tail" if fit.kind == "tail"
+                                     else "fitted gamma (Pearson III)")
         if fit.fitted and fit.kind == "tail":
             summary.update(tail_threshold=fit.threshold, tail_values=fit.n_tail, gpd_scale=fit.scale,
                            gpd_shape=fit.shape, anderson_darling=fit.ad_statistic, anderson_darling_p=fit.ad_p)

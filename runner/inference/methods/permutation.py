@@ -235,7 +235,8 @@ def _method_result(inputs: ContrastInputs, outcome: Any, method: str, params: An
         TableOutput(pd.DataFrame({"permutation": np.arange(null.size), "max_statistic": null}), suffix="nulldist",
                     kind="table", stat=stat_name, correction=method, meta=dict(meta, threshold=null_critical)),
         TableOutput(table, suffix="clusters", kind="clusters", stat=stat_name, correction=method, meta=meta),
-        NullFigure(null, observed_max, null_critical, method, title),
+        NullFigure(null, observed_max, null_critical, method, title, facts.get("fitted_curve"),
+                   facts.get("fitted_label", "")),
         MapViews(logp, stat="logp", correction=method, threshold=-np.log10(alpha),
                  title=f"{contrast.name}: -log10 FWE p ({method}, {outcome.n_permutations_done} permutations)"
                  + (", signed by t" if outcome.two_sided else ""), cut_coords_mm=table_peak(table)),

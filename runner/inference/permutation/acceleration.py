@@ -32,7 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import special
+from scipy import special, stats
 
 from runner.inference.permutation.pvalues import critical_value, fwe_p_values
 
@@ -231,6 +231,25 @@ def pearson3_inverse_survival(p: float, mean: float, sd: float, skewness: float)
     alpha = 4.0 / skewness**2
     standard = special.gammainccinv(alpha, p) if skewness > 0 else special.gammaincinv(alpha, p)
     return float(mean + (standard - alpha) * sd * skewness / 2.0)
+
+
+def fitted_density(fit: NullFit, x: np.ndarray) -> np.ndarray:
+    """Density of the fitted distribution in permutations per unit of the statistic (``n_null`` times the pdf; the
+    tail's only above its threshold, NaN below), for drawing over a histogram of the null."""
+    x = np.asarray(x, dtype=np.float64)
+    if fit.kind == "gamma":
+        if abs(fit.skewness) < 1e-8:
+            return fit.n_null * stats.norm.pdf(x, fit.mean, fit.sd)
+        alpha = 4.0 / fit.skewness**2
+        standard = alpha + 2.0 * (x - fit.mean) / (fit.sd * fit.skewness)
+        return fit.n_null * stats.gamma.pdf(standard, alpha) * 2.0 / (fit.sd * abs(fit.skewness))
+    excess = x - fit.threshold
+    if abs(fit.shape) < np.finfo(np.float64).eps:
+        pdf = np.exp(-excess / fit.scale) / fit.scale
+    else:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            pdf = np.power(np.maximum(1.0 - fit.shape * excess / fit.scale, 0.0), 1.0 / fit.shape - 1.0) / fit.scale
+    return np.where(excess >= 0, fit.n_tail * pdf, np.nan)
 
 
 def fit_null(null: np.ndarray, kind: str) -> NullFit | None:
