@@ -245,8 +245,8 @@ def build_settings(config: Any) -> RunSettings:
 
 def _check_mixed_effects(model: ModelConfig, data: DataConfig, correction: dict[str, Any]) -> None:
     """What model=mfx cannot do: smoothing (the variance maps would have to be smoothed by the squared kernel),
-    variance groups in permutation methods (the first-level variances already weigh every map), and the validity
-    family (its null simulations fit OLS)."""
+    variance groups in permutation methods (the first-level variances already weigh every map), the validity
+    family (its null simulations fit OLS) and npc (it combines OLS partial tests)."""
     if model.kind != "mfx":
         return
     if data.smoothing_fwhm:
@@ -258,6 +258,9 @@ def _check_mixed_effects(model: ModelConfig, data: DataConfig, correction: dict[
     if simulated:
         raise RunnerError(f"correction {simulated[0]} simulates null data for the OLS model, not model=mfx; use "
                           "model=ols for it (benchmarks/bench_mfx_permutation.py measures the mixed-effects methods)")
+    if "npc" in correction:
+        raise RunnerError("correction npc combines OLS partial tests, not model=mfx's weighted statistics; use "
+                          "across_contrasts=true on a permutation method for FWE over contrasts with model=mfx")
     grouped = [name for name, params in correction.items()
                if get(name).family == "permutation" and getattr(params, "variance_groups", None)]
     if grouped:

@@ -71,6 +71,8 @@ class NullFigure:
     critical: float
     correction: str
     title: str
+    fitted: tuple[np.ndarray, np.ndarray] | None = None  # (x, permutations per unit of x) of a fitted distribution
+    fitted_label: str = ""
 
 
 @dataclass(frozen=True)

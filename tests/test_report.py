@@ -407,7 +407,7 @@ def test_configuration_states_every_correction_parameter_and_marks_defaults(tmp_
                 assert yaml.safe_load(default) == changed[row["cells"][0]]
             else:
                 assert row["at_default"] and row.get("tagged") and yaml.safe_load(default) == value, row
-    assert len(tables["tfce"]) == 13 and tables["fdr"][0]["cells"][1] == "0.05 default"
+    assert len(tables["tfce"]) == 15 and tables["fdr"][0]["cells"][1] == "0.05 default"
 
 
 def test_pages_read_no_clock(complex_run, tmp_path, monkeypatch):

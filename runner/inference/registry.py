@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Callable
 
 from runner.errors import RunnerError, did_you_mean
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 
 BUILTIN_MODULES = ("runner.inference.methods.height", "runner.inference.methods.permutation",
                    "runner.inference.methods.ari", "runner.inference.methods.rft",
-                   "runner.inference.methods.validity")
+                   "runner.inference.methods.validity", "runner.inference.methods.npc")
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,9 @@ class ContrastInputs:
 
 # run(inputs, {method name: validated parameters}) -> BatchResult with one MethodResult per method named.
 Runner = Callable[[ContrastInputs, dict[str, Any]], "BatchResult"]
+# run_contrasts([inputs of every contrast], params) -> (label, BatchResult) pairs in writing order: for methods that
+# look at several contrasts at once (correction across contrasts, combination); labels may be new (a combination).
+ContrastsRunner = Callable[[list[ContrastInputs], dict[str, Any]], Iterable[tuple[str, "BatchResult"]]]
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,9 @@ class InferenceMethod:
         One line for ``--help``, the docs and the report.
     shared_pass : bool
         True when the family's methods run together on one contrast (one call with all of them).
+    run_contrasts : callable, optional
+        ``run_contrasts(inputs of every contrast, params_by_method)``, yielding ``(label, BatchResult)``: when set,
+        the stage hands the method every contrast at once instead of calling ``run`` per contrast.
     """
 
     name: str
@@ -73,6 +80,7 @@ class InferenceMethod:
     run: Runner
     description: str = ""
     shared_pass: bool = False
+    run_contrasts: ContrastsRunner | None = None
 
 
 FAMILY_ORDER = ("parametric", "permutation", "ari")

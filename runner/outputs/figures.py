@@ -158,7 +158,8 @@ def contrast_matrix_figure(contrast: np.ndarray, column_names: list[str], name: 
     return fig
 
 
-def null_distribution_figure(null_max: np.ndarray, observed_max: float, threshold: float, title: str) -> Figure:
+def null_distribution_figure(null_max: np.ndarray, observed_max: float, threshold: float, title: str,
+                             fitted: tuple[np.ndarray, np.ndarray] | None = None, fitted_label: str = "") -> Figure:
     """Histogram of the permutation distribution of the maximum statistic, observed maximum and threshold marked.
 
     Parameters
@@ -171,6 +172,11 @@ def null_distribution_figure(null_max: np.ndarray, observed_max: float, threshol
         Corrected threshold taken from this distribution (e.g. its 95th percentile).
     title : str
         Figure title.
+    fitted : (x, density), optional
+        A distribution fitted to the null (e.g. its tail), as permutations per unit of the statistic: drawn as a
+        line scaled to the histogram's bin width.
+    fitted_label : str
+        Legend entry of the fitted line.
 
     Returns
     -------
@@ -187,8 +193,12 @@ def null_distribution_figure(null_max: np.ndarray, observed_max: float, threshol
     observed_label = None
     if null.size:
         bins = int(np.clip(np.sqrt(null.size) * 2, 10, 60))
-        ax.hist(null, bins=bins, color="#a0aec0", edgecolor="#4a5568", linewidth=0.5,
-                label=f"null ({null.size} permutations)")
+        _, edges, _ = ax.hist(null, bins=bins, color="#a0aec0", edgecolor="#4a5568", linewidth=0.5,
+                              label=f"null ({null.size} permutations)")
+        if fitted is not None:
+            x, density = fitted
+            ax.plot(x, np.asarray(density) * (edges[1] - edges[0]), color="#2b6cb0", linewidth=1.8,
+                    label=fitted_label or "fitted")
         if observed_max is not None and np.isfinite(observed_max):
             n_reaching = int(np.sum(null >= observed_max))
             observed_label = (f"observed maximum = {observed_max:.3g}\n"

@@ -71,7 +71,7 @@ def write_request(writer: OutputWriter, data: Any, contrast: str, request: Outpu
         from runner.outputs import figures
 
         writer.figure(figures.null_distribution_figure(request.null, request.observed, request.critical,
-                                                       request.title),
+                                                       request.title, request.fitted, request.fitted_label),
                       name=f"contrast-{safe_label(contrast)}_desc-{safe_label(request.correction)}_nulldist.png",
                       contrast=contrast, correction=request.correction, view="null")
     elif isinstance(request, IntervalFigure):

@@ -31,14 +31,17 @@ def run_corrections(writer: OutputWriter, settings: RunSettings, data: GroupData
         family = registry.get(batch_names[0]).family
         stage = timings.stage(family) if timings is not None else nullcontext()
         with stage:
-            for contrast in contrasts:
-                inputs = registry.ContrastInputs(data=data, design=design, contrast=contrast,
-                                                 fit=fitted[contrast.name], settings=settings, executor=executor,
-                                                 variances=variances)
-                method = registry.get(batch_names[0])
-                batch = method.run(inputs, {name: settings.correction[name] for name in batch_names})
-                write_batch(writer, data, contrast.name, batch, settings.report)
-                rows = summary["contrasts"].setdefault(contrast.name, {})
+            method = registry.get(batch_names[0])
+            params = {name: settings.correction[name] for name in batch_names}
+            every = [registry.ContrastInputs(data=data, design=design, contrast=contrast, fit=fitted[contrast.name],
+                                             settings=settings, executor=executor, variances=variances)
+                     for contrast in contrasts]
+            # one contrast at a time (generators: each is written before the next runs), or all at once
+            outcomes = (method.run_contrasts(every, params) if method.run_contrasts is not None
+                        else ((inputs.contrast.name, method.run(inputs, params)) for inputs in every))
+            for label, batch in outcomes:
+                write_batch(writer, data, label, batch, settings.report)
+                rows = summary["contrasts"].setdefault(label, {})
                 for name in batch_names:
                     result = batch.results[name]
                     rows[name] = dict(result.summary, family=family)

@@ -41,6 +41,12 @@ class PermutationCorrection:
     # table column of variance groups, or "auto" (the categorical columns the contrast tests): v / G statistic
     # and sign-flips (Winkler et al. 2014; see runner.inference.permutation.variance_groups)
     variance_groups: Optional[str] = None
+    # "tail": a generalised Pareto tail fitted to the null of the maximum (threshold by Anderson-Darling, as PALM),
+    # "gamma": a Pearson III with the null's moments; p below 1 / n_permutations (Winkler et al. 2016; see
+    # runner.inference.permutation.acceleration)
+    accel: str = field(default="none", metadata=check(one_of("none", "tail", "gamma")))
+    # FWE over every contrast of the run: the maximum over contrasts, the contrasts permuted together (PALM -corrcon)
+    across_contrasts: bool = False
 
 
 @dataclass
@@ -75,7 +81,8 @@ class TfceCorrection(PermutationCorrection):
 
 
 # what the critical value of each method measures, for the report
-MEASURES = {"maxt": ("", ""), "clustersize": ("cluster size", " voxels"), "clustermass": ("cluster mass", ""),
+MEASURES = {"maxt": ("", ""), "npc": ("", ""), "clustersize": ("cluster size", " voxels"),
+            "clustermass": ("cluster mass", ""),
             "tfce": ("TFCE", "")}
 MESH_UNITS = {"clustersize": " mm2"}  # on a mesh, cluster size is the cluster's area
 
@@ -94,7 +101,7 @@ def _engine_settings(params: Any, inputs: ContrastInputs) -> tuple[dict[str, Any
         blocks = tuple(int(b) for b in pd.factorize(design.table[column].astype(str))[0] + 1)
     budget = int(settings.memory_budget_gb * 1024**3 / 4) if settings.memory_budget_gb else None
     groups = None
-    if params.variance_groups:
+    if getattr(params, "variance_groups", None):
         from runner.inference.methods.variance_groups import resolve_variance_groups
 
         groups = resolve_variance_groups(params.variance_groups, inputs)
@@ -133,19 +140,39 @@ def passes(params_by_method: dict[str, Any], inputs: ContrastInputs) -> list[tup
 
 def run_permutation(inputs: ContrastInputs, params_by_method: dict[str, Any]) -> BatchResult:
     """Permutation inference of one contrast for every requested method (one pass per distinct settings)."""
+    return permutation_batch(inputs, params_by_method, permutation_outcomes(inputs, passes(params_by_method, inputs)))
+
+
+Outcomes = list[tuple[Any, list[str], Any]]  # (PermutationOptions, method names, PermutationResult) per pass
+
+
+def permutation_outcomes(inputs: ContrastInputs, all_passes: list[tuple[Any, list[str]]]) -> Outcomes:
+    """Run each pass of one contrast: ``(options, method names, PermutationResult)`` per pass."""
     from runner.inference.permutation import permutation_inference
 
     data, contrast = inputs.data, inputs.contrast
     X = inputs.design.matrix.to_numpy(dtype=float)
-    batch = BatchResult(results={})
-    all_passes = passes(params_by_method, inputs)
-    for number, (options, names) in enumerate(all_passes):
+    out = []
+    for options, names in all_passes:
         if inputs.settings.model.kind == "mfx":
             options = mixed_effects_options(options, inputs)
         log.info("contrast %s: permutation inference (%s), %d permutations requested", contrast.name,
                  ", ".join(names), options.n_permutations)
         space = data.surface.space if data.surface is not None else data.mask  # a mesh is its own graph
-        outcome = permutation_inference(data.Y, X, contrast.matrix, space, names, options, executor=inputs.executor)
+        out.append((options, names, permutation_inference(data.Y, X, contrast.matrix, space, names, options,
+                                                          executor=inputs.executor)))
+    return out
+
+
+def permutation_batch(inputs: ContrastInputs, params_by_method: dict[str, Any], outcomes: Outcomes,
+                      across: dict[str, Any] | None = None) -> BatchResult:
+    """The outputs of one contrast's passes; ``across`` holds the null over contrasts of methods corrected
+    across contrasts (:mod:`.null_maximum`)."""
+    from runner.inference.methods.null_maximum import reassess
+
+    data, contrast = inputs.data, inputs.contrast
+    batch = BatchResult(results={})
+    for number, (options, names, outcome) in enumerate(outcomes):
         if data.surface is not None and "tfce" in names and options.tfce_E != TFCE_E_SURFACE:
             batch.notes.append(f"contrast {contrast.name}: TFCE on the surface with E = {options.tfce_E:g}; "
                                f"E = {TFCE_E_SURFACE:g}, H = {TFCE_H_SURFACE:g} are the usual surface setting "
@@ -156,7 +183,7 @@ def run_permutation(inputs: ContrastInputs, params_by_method: dict[str, Any]) ->
             batch.notes.append(f"contrast {contrast.name}: only {outcome.n_permutations_done} permutations "
                                f"({', '.join(names)}); p-values are coarse (smallest "
                                f"{1 / outcome.n_permutations_done:.2g})")
-        label = "permutation" + (str(number + 1) if len(all_passes) > 1 else "")
+        label = "permutation" + (str(number + 1) if len(outcomes) > 1 else "")
         meta = dict(n_permutations=outcome.n_permutations_done, exhaustive=outcome.exhaustive,
                     scheme=outcome.scheme, regression=outcome.method, two_sided=outcome.two_sided, methods=names)
         batch.shared.append(MapOutput(outcome.uncorrected_p, stat="p", correction=None, fill=1.0, desc=label,
@@ -165,11 +192,15 @@ def run_permutation(inputs: ContrastInputs, params_by_method: dict[str, Any]) ->
             from runner.inference.methods.variance_groups import statistic_maps
 
             rank = contrast.matrix.shape[0]
-            batch.shared.extend(statistic_maps(outcome, rank, label if len(all_passes) > 1 else None, meta))
+            batch.shared.extend(statistic_maps(outcome, rank, label if len(outcomes) > 1 else None, meta))
         if outcome.tfce is not None:
             batch.shared.append(MapOutput(outcome.tfce, stat="tfce", correction=None, meta=meta))
         for method in names:
-            batch.results[method] = _method_result(inputs, outcome, method, params_by_method[method])
+            params = params_by_method[method]
+            method_outcome, facts = reassess(outcome, method, params, (across or {}).get(method))
+            for fact in facts.get("notes", []):
+                batch.notes.append(f"contrast {contrast.name}, {method}: {fact}")
+            batch.results[method] = _method_result(inputs, method_outcome, method, params, facts)
     return batch
 
 
@@ -188,16 +219,23 @@ def mixed_effects_options(options: Any, inputs: ContrastInputs) -> Any:
         dof=model.dof, weights=MIXED_EFFECTS_WEIGHTS))
 
 
-def _method_result(inputs: ContrastInputs, outcome: Any, method: str, params: Any) -> MethodResult:
-    """logp map, thresholded statistic map, null distribution and cluster table of one FWE method."""
+def _method_result(inputs: ContrastInputs, outcome: Any, method: str, params: Any,
+                   facts: dict[str, Any] | None = None) -> MethodResult:
+    """logp map, thresholded statistic map, null distribution and cluster table of one FWE method; ``facts``
+    (from :func:`.null_maximum.reassess`) carry the critical value and summary entries of a fitted tail or a
+    correction across contrasts."""
     from runner.inference.permutation.pvalues import critical_value
 
     contrast, alpha = inputs.contrast, params.alpha
+    facts = facts or {}
     logp = outcome.logp[method]
     if outcome.two_sided:
         logp = signed_logp(logp, outcome.stat)
     null = outcome.null_max[method]
-    critical = critical_value(null, alpha)
+    critical = facts["critical"](alpha) if "critical" in facts else critical_value(null, alpha)
+    # the null's own scale (z-scores when maxima of different statistics were compared across contrasts)
+    null_critical = facts["null_critical"](alpha) if "null_critical" in facts else critical
+    observed_max = facts.get("observed_max", float(null[0]) if null.size else float("nan"))
     surviving = outcome.corrected_p[method] < alpha
     meta = dict(alpha=alpha, n_permutations=outcome.n_permutations_done, exhaustive=outcome.exhaustive,
                 two_sided=outcome.two_sided)
@@ -213,9 +251,10 @@ def _method_result(inputs: ContrastInputs, outcome: Any, method: str, params: An
         MapOutput(logp, stat="logp", correction=method, meta=dict(meta, signed=outcome.two_sided)),
         MapOutput(thresholded, stat=stat_name, correction=method, meta=dict(meta, threshold=critical)),
         TableOutput(pd.DataFrame({"permutation": np.arange(null.size), "max_statistic": null}), suffix="nulldist",
-                    kind="table", stat=stat_name, correction=method, meta=dict(meta, threshold=critical)),
+                    kind="table", stat=stat_name, correction=method, meta=dict(meta, threshold=null_critical)),
         TableOutput(table, suffix="clusters", kind="clusters", stat=stat_name, correction=method, meta=meta),
-        NullFigure(null, float(null[0]) if null.size else float("nan"), critical, method, title),
+        NullFigure(null, observed_max, null_critical, method, title, facts.get("fitted_curve"),
+                   facts.get("fitted_label", "")),
         MapViews(logp, stat="logp", correction=method, threshold=-np.log10(alpha),
                  title=f"{contrast.name}: -log10 FWE p ({method}, {outcome.n_permutations_done} permutations)"
                  + (", signed by t" if outcome.two_sided else ""), cut_coords_mm=table_peak(table)),
@@ -228,6 +267,7 @@ def _method_result(inputs: ContrastInputs, outcome: Any, method: str, params: An
                                                 mesh=inputs.data.surface is not None)}
     if outcome.dof_map is not None:  # variance groups: say which statistic and scheme ran, and why
         summary.update(statistic=outcome.statistic, scheme=outcome.scheme, scheme_reason=outcome.scheme_reason)
+    summary.update(facts.get("summary", {}))
     return MethodResult(method, outputs, summary)
 
 
@@ -314,10 +354,22 @@ def _mesh_cluster_table(space: Any, stat: np.ndarray, thresholded: np.ndarray, o
     return table
 
 
+def run_permutation_contrasts(every: list[ContrastInputs], params_by_method: dict[str, Any]):
+    """Contrast by contrast (as ``run_permutation``), unless a method is corrected across contrasts: then every
+    contrast runs on one permutation set first and the maxima are combined (:mod:`.null_maximum`)."""
+    if not any(getattr(p, "across_contrasts", False) for p in params_by_method.values()):
+        for inputs in every:
+            yield inputs.contrast.name, run_permutation(inputs, params_by_method)
+        return
+    from runner.inference.methods.null_maximum import run_across_contrasts
+
+    yield from run_across_contrasts(every, params_by_method)
+
+
 for _name, _schema, _what in (
         ("maxt", MaxTCorrection, "voxel-level FWE from the permutation distribution of the maximum statistic"),
         ("clustersize", ClusterSizeCorrection, "cluster-level FWE on cluster size (permutation)"),
         ("clustermass", ClusterMassCorrection, "cluster-level FWE on cluster mass (permutation)"),
         ("tfce", TfceCorrection, "threshold-free cluster enhancement with permutation FWE")):
     register(InferenceMethod(name=_name, family="permutation", schema=_schema, run=run_permutation,
-                             description=_what, shared_pass=True))
+                             description=_what, shared_pass=True, run_contrasts=run_permutation_contrasts))

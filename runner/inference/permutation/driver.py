@@ -285,10 +285,12 @@ def permutation_inference(
     corrected: dict[str, np.ndarray] = {}
     null_max: dict[str, np.ndarray] = {}
     clusters: dict[str, pd.DataFrame] = {}
+    measures: dict[str, np.ndarray] = {}
     if "maxt" in methods:
         null_scores = np.concatenate([[np.nanmax(observed)], gather("maxt")])
         corrected["maxt"] = fwe_p_values(observed, null_scores)
         null_max["maxt"] = null_scores if kernel is not None else scores_to_statistics(null_scores, model, mode)
+        measures["maxt"] = observed if kernel is not None else scores_to_statistics(observed, model, mode)
 
     tfce_map = None
     stat_for_maps = np.where(excluded, 0.0, stat)
@@ -296,9 +298,12 @@ def permutation_inference(
         tfce_map, null_max["tfce"], corrected["tfce"] = observed_tfce(
             stat_for_maps, gather("tfce"), graph, options.tfce_E, options.tfce_H, options.tfce_dh, two_sided
         )
+        measures["tfce"] = np.abs(tfce_map)
     if threshold is not None:
         tails = {name: gather(name) for name in CLUSTER_METHODS if name in methods}
-        cluster_p, cluster_null, clusters = observed_clusters(stat_for_maps, threshold, graph, two_sided, tails)
+        cluster_p, cluster_null, clusters, cluster_measures = observed_clusters(stat_for_maps, threshold, graph,
+                                                                               two_sided, tails)
+        measures.update(cluster_measures)
         corrected.update(cluster_p)
         null_max.update(cluster_null)
     if "tfce" in methods:
@@ -328,7 +333,19 @@ def permutation_inference(
         statistic=statistic,
         dof_map=None if dof_map is None else np.where(excluded, np.nan, dof_map),
         scheme_reason=scheme_reason,
+        observed_measure={m: measures[m] for m in methods},
     )
+
+
+def planned_scheme(X: np.ndarray, contrast: np.ndarray, options: PermutationOptions) -> tuple[str, str]:
+    """The scheme :func:`permutation_inference` would run for this contrast, and why (no data read)."""
+    design = np.asarray(X, dtype=np.float64)
+    design = design[:, None] if design.ndim == 1 else design
+    blocks = check_blocks(
+        None if options.exchangeability_blocks is None else np.asarray(options.exchangeability_blocks),
+        design.shape[0], options.whole_block,
+    )
+    return _choose_scheme(options, partition_model(design, contrast), blocks)
 
 
 def _choose_scheme(options: PermutationOptions, model, blocks: np.ndarray | None) -> tuple[str, str]:

@@ -79,7 +79,10 @@ class PermutationResult:
     ``logp`` is ``-log10`` of it. ``null_max[method]`` has one value per element, identity first.
     ``statistic`` names what ``stat`` holds: "t" or "F", or "v" or "G" with variance groups, whose per-voxel
     degrees of freedom are ``dof_map`` (``dof`` is then that of the ordinary t/F). ``scheme_reason`` says why
-    the scheme was chosen.
+    the scheme was chosen. ``observed_measure[method]`` is each voxel's observed value on the scale of
+    ``null_max[method]`` (max-T: the statistic, |t| when two-sided; TFCE: |TFCE|; clusters: the size or mass of the
+    voxel's cluster, -inf outside clusters; NaN for excluded voxels): the FWE p of a voxel is computed from it, so a
+    different null (across contrasts) or a fitted tail can be applied after the pass.
     """
 
     stat: np.ndarray
@@ -102,6 +105,7 @@ class PermutationResult:
     statistic: str = ""
     dof_map: np.ndarray | None = None
     scheme_reason: str = ""
+    observed_measure: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.statistic:

@@ -131,17 +131,19 @@ def observed_tfce(
 
 def observed_clusters(
     stat: np.ndarray, threshold: float, graph: VoxelGraph, two_sided: bool, null_tails: dict[str, np.ndarray],
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, pd.DataFrame]]:
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, pd.DataFrame], dict[str, np.ndarray]]:
     """Clusters of the observed map for each method in ``null_tails`` (cluster size and/or mass).
 
     Returns per method the voxel-wise FWE p (that of the voxel's cluster, 1 outside clusters), the null
-    (observed largest cluster first, then the tail) and the cluster table.
+    (observed largest cluster first, then the tail), the cluster table, and each voxel's cluster size or mass
+    (-inf outside clusters: what the p of a voxel is computed from).
     """
     labels, n_clusters, _, sizes, masses = label_clusters(stat[None], threshold, graph, two_sided)
     labels = labels[0]
     corrected: dict[str, np.ndarray] = {}
     nulls: dict[str, np.ndarray] = {}
     tables: dict[str, pd.DataFrame] = {}
+    measures: dict[str, np.ndarray] = {}
     for name, values in (("clustersize", sizes), ("clustermass", masses)):
         if name not in null_tails:
             continue
@@ -151,4 +153,5 @@ def observed_clusters(
         voxel_p = np.append(cluster_p, 1.0)  # label -1 (no cluster) reads the appended 1
         corrected[name] = voxel_p[np.where(labels >= 0, labels, cluster_p.size)]
         tables[name] = cluster_table(stat, labels, sizes, masses, cluster_p, values, graph)
-    return corrected, nulls, tables
+        measures[name] = np.append(values, -np.inf)[np.where(labels >= 0, labels, values.size)]
+    return corrected, nulls, tables, measures
