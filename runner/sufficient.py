@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from runner import glm
-from runner.chunks import chunk_size_for, chunk_slices, release_pages
+from runner.chunks import chunk_size_for, chunk_slices, read_block, release_pages
 from runner.contrasts import Contrast
 from runner.execution import Executor, LocalExecutor, Task
 from runner.model import RESULT_ARRAYS, _concatenate, resident_bytes
@@ -90,7 +90,7 @@ def fit_from_statistics(stats: SufficientStatistics, basis: DesignBasis) -> glm.
 
 def statistics_task(Y: np.ndarray, U: np.ndarray, rows: slice, voxels: slice) -> SufficientStatistics:
     """One task: the statistics of maps ``rows`` over ``voxels`` (only that block of ``Y`` is read)."""
-    block = np.array(Y[rows, voxels], dtype=np.float64)
+    block = np.array(read_block(Y, rows, voxels), dtype=np.float64)
     release_pages(Y)
     return batch_statistics(block, U[rows])
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from runner.chunks import release_pages
+from runner.chunks import read_block, release_pages
 from runner.inference.permutation.model import PermutationModel
 from runner.inference.permutation.pvalues import tie_reference
 from runner.inference.permutation.scores import (
@@ -97,14 +97,15 @@ def maxt_block(work: BlockWork, first: int, last: int) -> dict[str, np.ndarray]:
     workspace: dict[str, np.ndarray] = {}
     for v0 in range(0, n_voxels, voxel_chunk):
         v1 = min(n_voxels, v0 + voxel_chunk)
+        data = read_block(work.data, slice(None), slice(v0, v1))  # a store: only this chunk's bytes
         if work.kernel is not None:
             chunk_max, chunk_exceed = kernel_null_maxima(
-                work.kernel, work.data[:, v0:v1], work.model, work.permutations, work.observed[v0:v1],
+                work.kernel, data, work.model, work.permutations, work.observed[v0:v1],
                 work.regression, work.two_sided, first, last, block=PERMUTATION_BLOCK,
             )
         else:
             chunk_max, chunk_exceed = chunk_null_maxima(
-                work.data[:, v0:v1], work.model, work.permutations, work.observed[v0:v1],
+                data, work.model, work.permutations, work.observed[v0:v1],
                 work.regression, work.two_sided, first, last, block=PERMUTATION_BLOCK, workspace=workspace,
             )
         np.maximum(maxima, chunk_max, out=maxima)
