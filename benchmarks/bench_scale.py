@@ -103,6 +103,9 @@ def measure(store: Path, design_path: Path, n_workers: int, n_permutations: int,
     contrasts = [Contrast("group", np.array([[0.0, 1, 0, 0]]), "t"), Contrast("age", np.array([[0.0, 0, 1, 0]]), "t"),
                  Contrast("groupAndAge", np.array([[0.0, 1, 0, 0], [0.0, 0, 1, 0]]), "F")]
     budget = int(budget_gb * GIB)
+    # the fits share their budget among the workers: half of each worker's, whatever their number, so the chunks
+    # (and so the bits) are the same for every worker count, with room for the worker itself under its limit
+    fit_budget = budget // 2 * n_workers
     out: dict = {"workers": n_workers, "maps": int(Y.shape[0]), "voxels": int(Y.shape[1]),
                  "permutations": n_permutations}
     started = time.perf_counter()
@@ -114,12 +117,12 @@ def measure(store: Path, design_path: Path, n_workers: int, n_permutations: int,
         cpu = _cpu(client)
         with get_task_stream(client) as fit_stream:
             start = time.perf_counter()
-            fitted = fit_contrasts(Y, X, contrasts, memory_budget_bytes=budget, executor=executor)
+            fitted = fit_contrasts(Y, X, contrasts, memory_budget_bytes=fit_budget, executor=executor)
             out["fit_s"] = time.perf_counter() - start
         cpu_standard = _cpu(client)
         with get_task_stream(client) as sufficient_stream:
             start = time.perf_counter()
-            batched = fit_contrasts_by_batches(Y, X, contrasts, batch_maps=batch_maps, memory_budget_bytes=budget,
+            batched = fit_contrasts_by_batches(Y, X, contrasts, batch_maps=batch_maps, memory_budget_bytes=fit_budget,
                                                executor=executor)
             out["sufficient_fit_s"] = time.perf_counter() - start
         cpu_fit = _cpu(client)
