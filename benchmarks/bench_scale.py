@@ -119,12 +119,14 @@ def measure(store: Path, design_path: Path, n_workers: int, n_permutations: int,
             start = time.perf_counter()
             fitted = fit_contrasts(Y, X, contrasts, memory_budget_bytes=fit_budget, executor=executor)
             out["fit_s"] = time.perf_counter() - start
+            _progress(f"{n_workers} worker(s): fit_s {out['fit_s']:.1f}")
         cpu_standard = _cpu(client)
         with get_task_stream(client) as sufficient_stream:
             start = time.perf_counter()
             batched = fit_contrasts_by_batches(Y, X, contrasts, batch_maps=batch_maps, memory_budget_bytes=fit_budget,
                                                executor=executor)
             out["sufficient_fit_s"] = time.perf_counter() - start
+            _progress(f"{n_workers} worker(s): sufficient_fit_s {out['sufficient_fit_s']:.1f}")
         cpu_fit = _cpu(client)
         out["fit_cpu_s"] = {k: cpu_standard[k] - cpu[k] for k in cpu}
         out["sufficient_fit_cpu_s"] = {k: cpu_fit[k] - cpu_standard[k] for k in cpu}
@@ -136,6 +138,7 @@ def measure(store: Path, design_path: Path, n_workers: int, n_permutations: int,
             options = PermutationOptions(n_permutations=n_permutations, seed=0, memory_budget_bytes=budget // 4)
             result = permutation_inference(Y, X, contrasts[0].matrix, None, ("maxt",), options, executor=executor)
             out["permutation_s"] = time.perf_counter() - start
+            _progress(f"{n_workers} worker(s): permutation_s {out['permutation_s']:.1f}")
         cpu_end = _cpu(client)
         out["permutation_cpu_s"] = {k: cpu_end[k] - cpu_fit[k] for k in cpu}
         out["fit_tasks_s"] = _costs(fit_stream.data)
@@ -158,6 +161,11 @@ def _largest_differences(standard: dict, batched: dict) -> dict[str, float]:
         with np.errstate(divide="ignore", invalid="ignore"):
             out[field] = float(np.nanmax(np.where(a == b, 0.0, np.abs(a - b) / scale)))
     return out
+
+
+def _progress(line: str) -> None:
+    """A line on stderr as each part ends (the parent shows it; a long run can be followed)."""
+    print(f"{time.strftime('%H:%M:%S')} {line}", file=sys.stderr, flush=True)
 
 
 def _warm_up() -> None:
@@ -293,9 +301,9 @@ def main() -> None:
         command = [sys.executable, __file__, "--one", str(n_workers), "--maps", str(args.maps), "--store", str(folder),
                    "--permutations", str(args.permutations), "--budget-gb", str(args.budget_gb),
                    "--batch-maps", str(args.batch_maps)]
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)  # stderr: progress, errors
         if done.returncode != 0:
-            sys.exit(f"{n_workers} worker(s) failed:\n{done.stderr[-3000:]}")
+            sys.exit(f"{n_workers} worker(s) failed")
         runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
         (folder / f"run-{args.maps}-{n_workers}.json").write_text(json.dumps(runs[-1]))
         print(f"{n_workers} worker(s): fit {runs[-1]['fit_s']:.1f} s, sufficient-statistics fit "
