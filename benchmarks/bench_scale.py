@@ -10,17 +10,21 @@ projection of wall time on N nodes from the measured cost of every task (on dema
    age effects in two blobs: max-T costs the same on smooth or white noise, and this keeps the generation cheap.
    The design is ``Intercept + group + age + sex``; contrasts: group (t), age (t), group and age (F).
 2. For each ``--workers`` count, in a fresh subprocess (so each peak is its own): a Dask ``LocalCluster`` of that
-   many single-threaded worker processes; the OLS fit of the three contrasts over voxel chunks within
-   ``--budget-gb``, then ``--permutations`` max-T sign-flips/permutations of the group contrast
-   (Freedman-Lane), both on the Dask executor. Workers map the store by file name and read only their chunks.
-   Peak memory: ``ru_maxrss`` of the client process (which also hosts the scheduler) and of each worker; it counts
-   the store's file pages a process touched, which the kernel may drop at any time, as well as its own memory.
-   The cost of every task (compute start to stop, from Dask's task stream) is recorded.
+   many single-threaded worker processes, each limited to ``--budget-gb`` (Dask's nanny restarts a worker over
+   95 % of it); the OLS fit of the three contrasts twice, over voxel chunks (``model.fit=standard``) and from
+   sufficient statistics over batches of ``--batch-maps`` maps (``model.fit=sufficient``), each task planned on
+   half of a worker's budget whatever the number of workers (so the chunks, and the bits, are the same); then
+   ``--permutations`` max-T permutations of the group contrast (Freedman-Lane), all on the Dask executor. Workers
+   map the store by file name and read their blocks with positioned reads (``runner.chunks.read_block``).
+   Peak memory: ``ru_maxrss`` of the client process (which also hosts the scheduler) and of each worker.
+   The cost of every task (compute start to stop, from Dask's task stream) is recorded, and each part's wall time
+   is printed on stderr as it ends.
 3. Prints wall times, the scaling ratio (time with 1 worker / time with k workers), the peaks against the budget,
+   the largest difference between the two fits,
    the CPU seconds of the client and of the workers, and a projection of wall time on N nodes of
    ``--cores-per-node`` workers each, for the measured and for ``--project-permutations`` permutations:
    ``serial`` (the wall time with one worker minus its task costs: observed statistics, drawing the set,
-   gathering, scheduling) + the fit's chunks handed out to the first free worker + rounds of max-T GEMM units of
+   gathering, scheduling) + the sufficient-statistics fit's tasks handed out to the first free worker + rounds of max-T GEMM units of
    256 permutations (the engine's smallest block: 1,000 permutations are at most 4 parallel tasks, 10,000 are 40)
    at the measured cost per unit. A second column scales the task costs by CPU seconds / wall seconds: the time on
    cores not shared with other work. Reading the store over a network file system is not modelled.
