@@ -20,13 +20,12 @@ projection of wall time on N nodes from the measured cost of every task (on dema
    The cost of every task (compute start to stop, from Dask's task stream) is recorded, and each part's wall time
    is printed on stderr as it ends.
 3. Prints wall times, the scaling ratio (time with 1 worker / time with k workers), the peaks against the budget,
-   the largest difference between the two fits,
-   the CPU seconds of the client and of the workers, and a projection of wall time on N nodes of
-   ``--cores-per-node`` workers each, for the measured and for ``--project-permutations`` permutations:
-   ``serial`` (the wall time with one worker minus its task costs: observed statistics, drawing the set,
-   gathering, scheduling) + the sufficient-statistics fit's tasks handed out to the first free worker + rounds of max-T GEMM units of
-   256 permutations (the engine's smallest block: 1,000 permutations are at most 4 parallel tasks, 10,000 are 40)
-   at the measured cost per unit. A second column scales the task costs by CPU seconds / wall seconds: the time on
+   the largest difference between the two fits, the CPU seconds of the client and of the workers, and a projection
+   of wall time on N nodes of ``--cores-per-node`` workers each, for the measured and for
+   ``--project-permutations`` permutations: ``serial`` (the wall time with one worker minus its task costs:
+   observed statistics, drawing the set, gathering, scheduling) + the sufficient-statistics fit's tasks handed out
+   to the first free worker + rounds of max-T GEMM units of 256 permutations (the engine's smallest block: 1,000
+   permutations are at most 4 parallel tasks, 10,000 are 40) at the measured cost per unit. A second column scales the task costs by CPU seconds / wall seconds: the time on
    cores not shared with other work. Reading the store over a network file system is not modelled.
 
 With more than 2 cores the measured ratio approaches the worker count; on a machine whose cores are shared by other
@@ -208,8 +207,9 @@ def projection(single: dict, nodes: list[int], cores_per_node: int, permutations
 
     The serial (client) part as measured; the fit's chunks handed out in order to the first free worker; the
     permutations as GEMM units of 256 (the smallest block the engine cuts), each costing the measured cost per
-    unit, in rounds over the workers. ``fit``: which fit's tasks (standard or sufficient). ``cpu_bound``: task costs scaled by the workers' CPU seconds over the tasks'
-    wall seconds, i.e. what the tasks would take on cores not shared with other work.
+    unit, in rounds over the workers. ``fit``: which fit's tasks (standard or sufficient). ``cpu_bound``: task
+    costs scaled by the workers' CPU seconds over the tasks' wall seconds, i.e. what the tasks would take on cores
+    not shared with other work.
     """
     prefix = "" if fit == "standard" else "sufficient_"
     fit_s, fit_cpu = single[f"{prefix}fit_s"], single[f"{prefix}fit_cpu_s"]
@@ -270,13 +270,15 @@ def report(runs: list[dict], budget_gb: float, nodes: list[int], cores_per_node:
     for fit in ("standard", "sufficient"):
         prefix = "" if fit == "standard" else "sufficient_"
         costs = single[f"{prefix}fit_tasks_s"]
-        print(f"one worker, {fit} fit: {len(costs)} tasks, {sum(costs):.1f} s of task time in {single[prefix + 'fit_s']:.1f} s")
+        print(f"one worker, {fit} fit: {len(costs)} tasks, {sum(costs):.1f} s of task time in "
+              f"{single[prefix + 'fit_s']:.1f} s")
     print(f"one worker, max-T: {len(single['permutation_tasks_s'])} blocks, {sum(single['permutation_tasks_s']):.1f} s "
           f"of task time in {single['permutation_s']:.1f} s (the rest: observed statistics over the store on the "
           "client, drawing the set, scheduling)")
     for permutations in sorted({single["permutations"], project_permutations}):
         print(f"projected wall time on N nodes x {cores_per_node} workers, sufficient-statistics fit + {permutations} "
-              f"max-T permutations ({math.ceil((permutations - 1) / UNIT)} units of {UNIT}):  as measured / on idle cores")
+              f"max-T permutations ({math.ceil((permutations - 1) / UNIT)} units of {UNIT}):  as measured / on idle "
+              "cores")
         for (n, seconds), (_, idle) in zip(projection(single, nodes, cores_per_node, permutations),
                                            projection(single, nodes, cores_per_node, permutations, cpu_bound=True)):
             print(f"  {n:>4} node(s): {seconds:8.1f} s / {idle:8.1f} s")
