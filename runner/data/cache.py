@@ -17,6 +17,13 @@ killed is removed by a later store, once no one holds that entry's lock). The ca
 after each store, the least recently used entries (by the access stamp a hit touches) are evicted until the cache
 fits. An entry larger than the cap is not stored.
 
+An entry is also the study's on-disk store for large analyses: ``Y.npy`` (maps x voxels, C order) is what tasks
+read by block (:func:`runner.chunks.read_block`: positioned reads, so a process holds its block, not the file),
+locally or on Dask workers that map it by name over a shared file system. Not zarr (on PyPI, an optional extra it
+would be): a chunked, compressed store would pay off on object storage or slow network file systems, which the
+runner does not target yet; noise-like float maps compress little, and one sealed ``.npy`` file keeps one format
+for the cache, the loader's scratch and the store.
+
 Where the cache lives is decided by :func:`cache_directory`: ``cache_dir`` when set; else ``<output_root>/.cache``
 when the run directory lies inside ``output_root``; else nowhere (the cache is off for that run, with a log line),
 so a run pointed at a folder of its own never creates a cache beside something the user did not ask for.
