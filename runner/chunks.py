@@ -109,12 +109,65 @@ def reduce_chunks(func: Callable[..., R], slices: Iterable[slice], combine: Call
 def read_chunk(Y: np.ndarray, piece: slice) -> np.ndarray:
     """Voxels ``piece`` of every map as a float64 copy (statistics are float64 whatever the storage type).
 
-    When ``Y`` is memory-mapped, the file pages touched are released afterwards, so a study larger than memory
-    holds one chunk at a time (the operating system keeps them in its page cache, outside the process).
+    When ``Y`` is memory-mapped, the chunk is read from its file (:func:`read_block`), so a study larger than memory
+    holds one chunk at a time (the operating system keeps the file in its page cache, outside the process).
     """
-    block = np.array(Y[:, piece], dtype=np.float64, order="C")  # one layout: BLAS rounds the same way every run
+    block = np.array(read_block(Y, slice(None), piece), dtype=np.float64, order="C")  # one layout: same rounding
     release_pages(Y)
     return block
+
+
+def read_block(Y: np.ndarray, rows: slice, columns: slice) -> np.ndarray:
+    """``Y[rows, columns]``: a view of an array in memory; for a memory-mapped store, a C-ordered copy in the
+    store's dtype read from its file with positioned reads.
+
+    Reading a narrow range of voxels of every map through the mapping would touch every map's row: on kernels that
+    map the page cache's large folios whole, the process's resident size (which Dask's nanny watches against its
+    memory limit) then grows to nearly the whole file for one chunk. ``pread`` copies only the bytes asked for.
+    """
+    path = _store_file(Y)
+    if path is None:
+        return Y[rows, columns]
+    n_rows, n_columns = Y.shape
+    r0, r1, r_step = rows.indices(n_rows)
+    c0, c1, c_step = columns.indices(n_columns)
+    if r_step != 1 or c_step != 1:
+        return np.ascontiguousarray(Y[rows, columns])
+    out = np.empty((max(0, r1 - r0), max(0, c1 - c0)), dtype=Y.dtype)
+    itemsize, offset = Y.dtype.itemsize, int(Y.offset)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if c0 == 0 and c1 == n_columns:  # whole maps: one read
+            _read_exactly(fd, out.reshape(-1), offset + r0 * n_columns * itemsize)
+        else:
+            for i, row in enumerate(range(r0, r1)):
+                _read_exactly(fd, out[i], offset + (row * n_columns + c0) * itemsize)
+    finally:
+        os.close(fd)
+    return out
+
+
+def _store_file(Y: np.ndarray) -> str | None:
+    """The file behind a whole, C-ordered 2D memory map (as ``np.load(mmap_mode=...)`` gives), else None."""
+    if not (isinstance(Y, np.memmap) and Y.ndim == 2 and isinstance(Y.base, mmap.mmap) and Y.filename
+            and Y.flags.c_contiguous):
+        return None
+    try:
+        if os.stat(Y.filename).st_size < int(Y.offset) + Y.nbytes:
+            return None
+    except OSError:  # unlinked (the loader's scratch file): read through the mapping
+        return None
+    return str(Y.filename)
+
+
+def _read_exactly(fd: int, buffer: np.ndarray, position: int) -> None:
+    view = memoryview(buffer).cast("B")
+    done = 0
+    while done < len(view):
+        count = os.preadv(fd, [view[done:]], position + done)
+        if count <= 0:
+            raise OSError(f"short read of the memory-mapped store at byte {position + done}")
+        done += count
 
 
 def release_pages(array: np.ndarray) -> None:

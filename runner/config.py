@@ -75,6 +75,11 @@ class ModelConfig:
     knapp_hartung: bool = True  # mfx: scale the effect variance by e'We/(n-p) (Knapp & Hartung 2003)
     # mfx: t/F degrees of freedom: effective = Kish's effective number of maps minus p, per voxel; residual = n - p
     dof: str = field(default="effective", metadata=check(one_of("effective", "residual")))
+    # ols: how the fit is computed. standard = from the residuals of all maps at once, voxel chunk by voxel chunk;
+    # sufficient = from U'Y and Y'Y summed over batches of batch_maps maps (runner/sufficient.py), so that no task
+    # reads more than batch_maps maps (studies no worker could hold); equal to the standard fit within ~1e-10
+    fit: str = field(default="standard", metadata=check(one_of("standard", "sufficient")))
+    batch_maps: int = field(default=1000, metadata=check(positive))  # fit=sufficient: maps per batch
 
 
 @dataclass
@@ -249,6 +254,9 @@ def _check_mixed_effects(model: ModelConfig, data: DataConfig, correction: dict[
     family (its null simulations fit OLS) and npc (it combines OLS partial tests)."""
     if model.kind != "mfx":
         return
+    if model.fit == "sufficient":
+        raise RunnerError("model.fit=sufficient sums ordinary least squares statistics; model=mfx re-weights every "
+                          "voxel's maps by iteration and needs them all: use model.fit=standard with model=mfx")
     if data.smoothing_fwhm:
         raise RunnerError("data.smoothing_fwhm smooths the effect maps but not their first-level variances, which "
                           "model=mfx uses; smooth at the first level and unset data.smoothing_fwhm")

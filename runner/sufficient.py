@@ -19,16 +19,20 @@ the result does not depend on the executor or the number of workers.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 
 from runner import glm
-from runner.chunks import chunk_slices, release_pages
+from runner.chunks import chunk_size_for, chunk_slices, read_block, release_pages
 from runner.contrasts import Contrast
 from runner.execution import Executor, LocalExecutor, Task
-from runner.model import _concatenate
+from runner.model import RESULT_ARRAYS, _concatenate, resident_bytes
 
+log = logging.getLogger(__name__)
+
+BATCH_COPIES = 3  # arrays of (batch x chunk) alive in one task: the block read, its float64 copy, its squares
 ROUNDING_FACTOR = 64.0  # RSS below this many ε·YᵀY is rounding of the subtraction, not residual variance
 
 
@@ -86,22 +90,24 @@ def fit_from_statistics(stats: SufficientStatistics, basis: DesignBasis) -> glm.
 
 def statistics_task(Y: np.ndarray, U: np.ndarray, rows: slice, voxels: slice) -> SufficientStatistics:
     """One task: the statistics of maps ``rows`` over ``voxels`` (only that block of ``Y`` is read)."""
-    block = np.array(Y[rows, voxels], dtype=np.float64)
+    block = np.array(read_block(Y, rows, voxels), dtype=np.float64)
     release_pages(Y)
     return batch_statistics(block, U[rows])
 
 
 def fit_contrasts_by_batches(Y: np.ndarray, X: np.ndarray, contrasts: list[Contrast], *, batch_maps: int = 1000,
-                             chunk_voxels: int = 32768, executor: Executor | None = None
-                             ) -> dict[str, glm.ContrastResult]:
-    """Every contrast from sufficient statistics: tasks of ``batch_maps`` maps x ``chunk_voxels`` voxels.
+                             chunk_voxels: int | None = None, memory_budget_bytes: float | None = None,
+                             executor: Executor | None = None) -> dict[str, glm.ContrastResult]:
+    """Every contrast from sufficient statistics: tasks of ``batch_maps`` maps x a chunk of voxels.
 
     Parameters
     ----------
     Y : (n, V) data (a memmap works: each task reads its block).
     X : (n, p) design matrix.
     contrasts : contrasts to compute.
-    batch_maps, chunk_voxels : block shape of one task (memory per task about 8 x batch_maps x chunk_voxels bytes).
+    batch_maps : maps per task (memory per task about ``BATCH_COPIES`` x 8 x batch_maps x chunk bytes).
+    chunk_voxels : voxels per task; None: sized as :func:`runner.model.fit_contrasts` sizes its chunks, from
+        ``memory_budget_bytes`` shared by the tasks in flight (one per worker).
     executor : where the tasks run (default: one local thread).
 
     Returns
@@ -112,8 +118,18 @@ def fit_contrasts_by_batches(Y: np.ndarray, X: np.ndarray, contrasts: list[Contr
     n, n_voxels = Y.shape
     executor = executor or LocalExecutor(1)
     basis = DesignBasis.of(X)
-    row_batches = chunk_slices(n, max(1, int(batch_maps)))
+    batch_maps = max(1, min(n, int(batch_maps)))
+    if chunk_voxels is None:
+        working = None
+        if memory_budget_bytes is not None:
+            results = RESULT_ARRAYS * 8 * n_voxels * sum(max(1, c.matrix.shape[0]) for c in contrasts)
+            working = (float(memory_budget_bytes) - resident_bytes(Y) - results) / max(1, executor.n_workers)
+        chunk_voxels = chunk_size_for(batch_maps, n_voxels, working, copies=BATCH_COPIES)
+    row_batches = chunk_slices(n, batch_maps)
     voxel_chunks = chunk_slices(n_voxels, max(1, int(chunk_voxels)))
+    log.info("fitting OLS from sufficient statistics at %d voxel(s) of %d map(s): %d batch(es) of up to %d map(s) "
+             "x %d voxel chunk(s) of up to %d voxel(s)", n_voxels, n, len(row_batches), batch_maps,
+             len(voxel_chunks), int(chunk_voxels))
     shared = executor.share(Y)
     tasks = [Task(statistics_task, (shared, basis.U, rows, voxels), weight=voxels.stop - voxels.start)
              for voxels in voxel_chunks for rows in row_batches]

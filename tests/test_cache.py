@@ -224,3 +224,51 @@ def test_cache_cap_must_be_positive():
 
     with pytest.raises(RunnerError, match="cache_max_gb must be > 0"):
         build_settings(compose(["cache_max_gb=0"]))
+
+
+def test_a_miss_goes_on_from_the_stored_entry_when_the_data_are_memory_mapped(inputs, tmp_path):
+    """The entry is the study's store: a loaded memory map (over the budget) is swapped for the entry's file, which
+    workers can map by name; in-memory data stay in memory unless asked (map_stored)."""
+    settings = DataConfig()
+
+    def mapped_load():
+        return load_group_data(inputs, settings, memory_budget_bytes=1, scratch_dir=tmp_path)
+
+    data, outcome = cache.cached_load(inputs, settings, tmp_path / "cache", mapped_load)
+    assert outcome == "miss" and isinstance(data.Y, np.memmap)
+    assert Path(data.Y.filename) == _entry(tmp_path / "cache") / "Y.npy" and not data.Y.flags.writeable
+    np.testing.assert_array_equal(np.asarray(data.Y), load_group_data(inputs, settings).Y)
+    in_memory, _ = cache.cached_load(inputs, DataConfig(smoothing_fwhm=4.0), tmp_path / "cache2",
+                                     _load(inputs, DataConfig(smoothing_fwhm=4.0))[0])
+    assert not isinstance(in_memory.Y, np.memmap)
+    asked, _ = cache.cached_load(inputs, DataConfig(smoothing_fwhm=4.0), tmp_path / "cache3",
+                                 _load(inputs, DataConfig(smoothing_fwhm=4.0))[0], map_stored=True)
+    assert isinstance(asked.Y, np.memmap) and Path(asked.Y.filename).is_relative_to(tmp_path / "cache3")
+    np.testing.assert_array_equal(np.asarray(asked.Y), in_memory.Y)
+
+
+def test_a_second_run_reads_the_store_without_decoding_any_map_and_writes_the_same_files(tmp_path, monkeypatch):
+    """Reused across runs (and sweep jobs) through the data cache: model.fit=sufficient over a memory-mapped store."""
+    from runner.data import loader
+
+    cache_dir = tmp_path / "cache"
+    overrides = ANALYSIS + [f"cache_dir={cache_dir}", "model.fit=sufficient", "model.batch_maps=8",
+                            "memory_budget_gb=0.01"]
+    run_analysis(tmp_path / "first", overrides)
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("a map was decoded again")
+
+    monkeypatch.setattr(loader, "read_volume", no_decoding)
+    monkeypatch.setattr(loader, "iter_volumes", no_decoding)
+    run_analysis(tmp_path / "second", overrides)
+
+    def record(run: Path) -> tuple[str, dict[str, str]]:
+        manifest = json.loads((run / "manifest.json").read_text())
+        return manifest["data_cache"], {e["path"]: e["sha256"] for e in manifest["outputs"]}
+
+    (first, first_files), (second, second_files) = record(tmp_path / "first"), record(tmp_path / "second")
+    assert (first, second) == ("miss", "hit")
+    assert first_files == second_files and any("stat-t" in path for path in first_files)
+    log = (tmp_path / "first" / "run.log").read_text()
+    assert "memory-mapped" in log and "fitting OLS from sufficient statistics" in log

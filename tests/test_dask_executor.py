@@ -146,6 +146,23 @@ def test_a_worker_killed_mid_permutation_does_not_change_the_result(cluster, tmp
     assert set(cluster.nthreads()) != workers_before
 
 
+def test_sufficient_statistics_from_a_store_on_dask_match_local_threads(cluster, tmp_path):
+    """model.fit=sufficient's tasks read blocks of a store mapped by name (as above; a lost worker's tasks are the
+    executor's business, checked above with permutations): the same bits as local threads."""
+    from runner.sufficient import fit_contrasts_by_batches
+
+    Y, X, _ = _study(6)
+    np.save(tmp_path / "Y.npy", Y.astype(np.float32))
+    store = np.load(tmp_path / "Y.npy", mmap_mode="r")
+    contrasts = [Contrast("effect", np.array([[0.0, 1.0]]), "t"), Contrast("both", np.eye(2), "F")]
+    local = fit_contrasts_by_batches(store, X, contrasts, batch_maps=5, chunk_voxels=50, executor=LocalExecutor(2))
+    remote = fit_contrasts_by_batches(store, X, contrasts, batch_maps=5, chunk_voxels=50,
+                                      executor=DaskExecutor(cluster))
+    for name in local:
+        for field in ("effect", "variance", "stat", "p", "z"):
+            assert np.array_equal(getattr(local[name], field), getattr(remote[name], field)), (name, field)
+
+
 @pytest.mark.slow  # two runs of the demo and a cluster start: about 15 s on 2 cores
 def test_a_run_on_a_dask_cluster_writes_the_same_files_as_local_threads(tmp_path):
     """maxt, cluster size, TFCE and ARI on the localizer demo, shrunk: every output but config.yaml, byte for byte."""

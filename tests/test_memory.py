@@ -124,3 +124,40 @@ def test_row_writer_leaves_nothing_when_discarded(tmp_path):
     Y = rows.finish()
     np.testing.assert_array_equal(Y, np.arange(8).reshape(2, 4))
     assert isinstance(Y, np.memmap) and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_blocks_of_a_store_are_read_from_its_file_and_equal_slices(tmp_path, dtype):
+    """read_block copies only the bytes asked for (positioned reads, not the mapping) and equals slicing."""
+    from runner.chunks import read_block
+
+    values = np.random.default_rng(1).standard_normal((13, 37)).astype(dtype)
+    np.save(tmp_path / "Y.npy", values)
+    store = np.load(tmp_path / "Y.npy", mmap_mode="r")
+    for rows, columns in [(slice(None), slice(5, 17)), (slice(2, 9), slice(0, 37)), (slice(None), slice(30, 99)),
+                          (slice(4, 4), slice(None)), (slice(0, 13, 2), slice(1, 8))]:
+        block = read_block(store, rows, columns)
+        assert not isinstance(block, np.memmap) and block.flags.c_contiguous and block.dtype == dtype
+        np.testing.assert_array_equal(block, values[rows, columns])
+    view = read_block(values, slice(None), slice(5, 17))
+    assert view.base is values  # arrays in memory are sliced, not copied
+
+
+@pytest.mark.slow  # three runs of the demo with 200 max-T permutations: about 8 s
+def test_a_run_from_the_stored_entry_writes_the_bytes_of_a_run_in_memory(tmp_path):
+    """The fit and max-T read a store by blocks (contiguous copies) and the data in memory by views: same bytes."""
+    import json
+
+    from conftest import run_analysis
+
+    # one-sample sign-flips: no nuisance, so the max-T GEMMs read the data themselves (a view or a block)
+    overrides = ["+experiment=one_sample_permutation", "report=false", "correction.maxt.n_permutations=200"]
+    runs = {"memory": ["cache=false"], "miss": [f"cache_dir={tmp_path / 'cache'}"],
+            "store": [f"cache_dir={tmp_path / 'cache'}"]}
+    files = {}
+    for name, extra in runs.items():
+        run_analysis(tmp_path / name, overrides + extra)
+        manifest = json.loads((tmp_path / name / "manifest.json").read_text())
+        files[name] = {e["path"]: e["sha256"] for e in manifest["outputs"] if e["kind"] != "config"}
+        assert manifest["data_cache"] == {"memory": "off", "miss": "miss", "store": "hit"}[name]
+    assert files["store"] == files["memory"] and any("corr-maxt" in path for path in files["memory"])

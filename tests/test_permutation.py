@@ -421,3 +421,16 @@ def test_cluster_and_tfce_agree_with_nilearn(nilearn_comparison):
     found_by_nilearn = p_theirs < 0.05
     assert found_by_nilearn.any()
     assert (p_ours[found_by_nilearn] < 0.05).mean() >= 0.8
+
+
+def test_a_biobank_sized_permutation_set_describes_its_count():
+    """Two groups of 5,000 have C(10,000, 5,000) distinct assignments (3,009 digits, and 10,000 rows with a
+    continuous covariate 10,000!, more than Python prints by default): one short line."""
+    X = np.column_stack([np.ones(10000), np.repeat([0.0, 1.0], 5000)])
+    permutations = make_permutation_set(X, 20, seed=0, scheme="permutation")
+    log10 = (math.lgamma(10001) - 2 * math.lgamma(5001)) / math.log(10)  # log10 C(10000, 5000)
+    text = permutations.describe()
+    assert text.endswith(f"out of about {10 ** (log10 - math.floor(log10)):.2f} x 10^{math.floor(log10)} distinct")
+    assert len(text) < 120
+    small = make_permutation_set(X[4990:5010], 20, seed=0, scheme="permutation")
+    assert small.describe().endswith(f"out of {math.comb(20, 10)} distinct")  # written out, as before

@@ -17,6 +17,13 @@ killed is removed by a later store, once no one holds that entry's lock). The ca
 after each store, the least recently used entries (by the access stamp a hit touches) are evicted until the cache
 fits. An entry larger than the cap is not stored.
 
+An entry is also the study's on-disk store for large analyses: ``Y.npy`` (maps x voxels, C order) is what tasks
+read by block (:func:`runner.chunks.read_block`: positioned reads, so a process holds its block, not the file),
+locally or on Dask workers that map it by name over a shared file system. Not zarr (on PyPI, an optional extra it
+would be): a chunked, compressed store would pay off on object storage or slow network file systems, which the
+runner does not target yet; noise-like float maps compress little, and one sealed ``.npy`` file keeps one format
+for the cache, the loader's scratch and the store.
+
 Where the cache lives is decided by :func:`cache_directory`: ``cache_dir`` when set; else ``<output_root>/.cache``
 when the run directory lies inside ``output_root``; else nowhere (the cache is off for that run, with a log line),
 so a run pointed at a folder of its own never creates a cache beside something the user did not ask for.
@@ -25,6 +32,7 @@ so a run pointed at a folder of its own never creates a cache beside something t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -98,8 +106,14 @@ def cache_key(inputs: InputSet, settings: DataConfig) -> tuple[str, dict[str, st
 
 
 def cached_load(inputs: InputSet, settings: DataConfig, cache_dir: Path, load: Callable[[], GroupData],
-                max_bytes: int | None = None) -> tuple[GroupData, str]:
+                max_bytes: int | None = None, map_stored: bool = False) -> tuple[GroupData, str]:
     """Return the group data from the cache when a sound entry is present (memory-mapped), else load and store it.
+
+    The entry is the study's on-disk store: ``Y.npy`` (maps x voxels, C order), read by voxel chunk (or block of
+    maps) by whoever maps it. On a miss whose data were memory-mapped by the loader (larger than half the memory
+    budget), or when ``map_stored``, the run goes on with the stored entry mapped read-only rather than the loaded
+    array: workers then map the entry by its file name and read only their blocks (the loader's scratch file has no
+    name to share), and the scratch copy is released.
 
     Parameters
     ----------
@@ -107,6 +121,7 @@ def cached_load(inputs: InputSet, settings: DataConfig, cache_dir: Path, load: C
     cache_dir : the cache folder (see :func:`cache_directory`).
     load : loads the data when the cache cannot give it.
     max_bytes : size cap of the cache; least recently used entries are evicted beyond it (None: no cap).
+    map_stored : continue from the stored entry, memory-mapped, even when the loaded data are in memory.
 
     Returns
     -------
@@ -127,7 +142,12 @@ def cached_load(inputs: InputSet, settings: DataConfig, cache_dir: Path, load: C
                      len(inputs.images))
             return data, "hit"
     data = load()
-    store_entry(entry, key, data, max_bytes)
+    if store_entry(entry, key, data, max_bytes) and (map_stored or isinstance(data.Y, np.memmap)):
+        try:
+            data = dataclasses.replace(data, Y=np.load(entry / "Y.npy", mmap_mode="r", allow_pickle=False))
+        except (OSError, ValueError) as error:  # evicted meanwhile: the loaded data serve as well
+            log.warning("data cache entry %s could not be mapped (%s); using the loaded data", key[:12],
+                        _one_line(error))
     return data, "miss"
 
 

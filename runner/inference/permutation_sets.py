@@ -83,7 +83,23 @@ class PermutationSet:
         noun = "sign-flips" if self.scheme == "sign_flip" else "permutations"
         if self.exhaustive:
             return f"enumerated all {self.size} distinct {noun} (exact test)"
-        return f"drew {self.size} {noun} at random, identity included, out of {self.n_possible} distinct"
+        return (f"drew {self.size} {noun} at random, identity included, out of {count_text(self.n_possible)} "
+                "distinct")
+
+
+MAX_COUNT_DIGITS = 1000  # counts of up to this many digits are written out (every run so far)
+
+
+def count_text(count: int) -> str:
+    """A count for a sentence: its digits, or "about m x 10^k" beyond 1,000 of them (10,000 rows have 10,000!
+    orders, whose 35,660 digits Python refuses to print by default)."""
+    count = int(count)
+    if count < 10**MAX_COUNT_DIGITS:
+        return str(count)
+    shift = max(0, count.bit_length() - 64)  # the top 64 bits give the leading digits
+    log10 = math.log10(count >> shift) + shift * math.log10(2)
+    whole = math.floor(log10)
+    return f"about {10 ** (log10 - whole):.2f} x 10^{whole}"
 
 
 def check_blocks(blocks: np.ndarray | None, n_rows: int, whole_block: bool) -> np.ndarray | None:

@@ -20,10 +20,21 @@ log = logging.getLogger("runner")
 
 def fit(settings: RunSettings, data: GroupData, design: Design,
         contrasts: list[Contrast], executor: Executor | None = None) -> dict[str, ContrastResult]:
-    """OLS fit of every contrast over voxel chunks within the memory budget (on ``executor``, else n_jobs threads)."""
-    fitted = model.fit_contrasts(data.Y, design.matrix.to_numpy(dtype=float), contrasts,
-                                 memory_budget_bytes=memory_budget_bytes(settings.memory_budget_gb),
-                                 n_jobs=settings.n_jobs, executor=executor)
+    """OLS fit of every contrast over voxel chunks within the memory budget (on ``executor``, else n_jobs threads):
+    from the residuals of all maps (``model.fit=standard``) or from sufficient statistics summed over batches of
+    ``model.batch_maps`` maps (``model.fit=sufficient``)."""
+    X = design.matrix.to_numpy(dtype=float)
+    budget = memory_budget_bytes(settings.memory_budget_gb)
+    if settings.model.fit == "sufficient":
+        from runner.execution import LocalExecutor
+        from runner.sufficient import fit_contrasts_by_batches
+
+        fitted = fit_contrasts_by_batches(data.Y, X, contrasts, batch_maps=settings.model.batch_maps,
+                                          memory_budget_bytes=budget,
+                                          executor=executor or LocalExecutor(settings.n_jobs))
+    else:
+        fitted = model.fit_contrasts(data.Y, X, contrasts, memory_budget_bytes=budget, n_jobs=settings.n_jobs,
+                                     executor=executor)
     log.info("fitted OLS at %d voxel(s), %d degrees of freedom", data.n_voxels, next(iter(fitted.values())).dof)
     return fitted
 

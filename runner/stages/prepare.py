@@ -119,7 +119,8 @@ def load_with_progress(inputs: InputSet, settings: RunSettings, checked: Checked
                        scratch_dir: Path | None = None) -> tuple[GroupData, str]:
     """Load the maps (from the data cache when another run already loaded the same inputs the same way).
 
-    Studies larger than half the memory budget are memory-mapped from a file in ``scratch_dir``.
+    Studies larger than half the memory budget are memory-mapped from a file in ``scratch_dir``; once stored in the
+    cache (whose entries are the studies' on-disk stores), from the entry's file, which Dask workers map by name.
 
     Returns the data and the cache outcome: ``"hit"``, ``"miss"`` or ``"off"``.
     """
@@ -143,4 +144,8 @@ def load_with_progress(inputs: InputSet, settings: RunSettings, checked: Checked
     cache_dir = cache_directory(settings.cache_dir, settings.output_root, scratch_dir)
     if cache_dir is None:
         return load(), "off"
-    return cached_load(inputs, settings.data, cache_dir, load, max_bytes=int(settings.cache_max_gb * 1024**3))
+    # the sufficient-statistics fit and Dask workers read the store by blocks: go on from the stored entry's file
+    map_stored = settings.model.fit == "sufficient" or (settings.executor.engine == "dask"
+                                                         and settings.executor.share_files)
+    return cached_load(inputs, settings.data, cache_dir, load, max_bytes=int(settings.cache_max_gb * 1024**3),
+                       map_stored=map_stored)

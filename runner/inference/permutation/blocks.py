@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from runner.chunks import release_pages
+from runner.chunks import read_block, release_pages
 from runner.inference.permutation import mixed_effects
 from runner.inference.permutation.mixed_effects import MixedEffectsKernel
 from runner.inference.permutation.model import PermutationModel, residualise
@@ -99,20 +99,21 @@ def maxt_block(work: BlockWork, first: int, last: int) -> dict[str, np.ndarray]:
     workspace: dict[str, np.ndarray] = {}
     for v0 in range(0, n_voxels, voxel_chunk):
         v1 = min(n_voxels, v0 + voxel_chunk)
+        data = read_block(work.data, slice(None), slice(v0, v1))  # a store: only this chunk's bytes
         if isinstance(work.kernel, MixedEffectsKernel):
-            shuffled, _ = residualise(work.data[:, v0:v1], work.model, work.regression)
+            shuffled, _ = residualise(data, work.model, work.regression)
             chunk_max, chunk_exceed = mixed_effects.chunk_null_maxima(
                 work.kernel, shuffled, slice(v0, v1), work.permutations, work.observed[v0:v1], work.two_sided,
                 first, last, block=PERMUTATION_BLOCK,
             )
         elif work.kernel is not None:
             chunk_max, chunk_exceed = kernel_null_maxima(
-                work.kernel, work.data[:, v0:v1], work.model, work.permutations, work.observed[v0:v1],
+                work.kernel, data, work.model, work.permutations, work.observed[v0:v1],
                 work.regression, work.two_sided, first, last, block=PERMUTATION_BLOCK,
             )
         else:
             chunk_max, chunk_exceed = chunk_null_maxima(
-                work.data[:, v0:v1], work.model, work.permutations, work.observed[v0:v1],
+                data, work.model, work.permutations, work.observed[v0:v1],
                 work.regression, work.two_sided, first, last, block=PERMUTATION_BLOCK, workspace=workspace,
             )
         np.maximum(maxima, chunk_max, out=maxima)

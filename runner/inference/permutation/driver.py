@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from runner.chunks import release_pages
+from runner.chunks import read_block, release_pages
 from runner.errors import RunnerError, did_you_mean
 from runner.execution import Executor, LocalExecutor, ProgressReporter, Task, resolve_workers
 from runner.inference.permutation.blocks import (
@@ -103,7 +103,7 @@ def _validate(
 def _all_finite(Y: np.ndarray, chunk: int = 4096) -> bool:
     """No NaN or infinity in ``Y``, checked voxel chunk by chunk (a memory-mapped store stays on disk)."""
     for v0 in range(0, Y.shape[1], chunk):
-        if not np.isfinite(Y[:, v0 : v0 + chunk]).all():
+        if not np.isfinite(read_block(Y, slice(None), slice(v0, v0 + chunk))).all():
             return False
         release_pages(Y)
     return True
@@ -225,18 +225,19 @@ def permutation_inference(
     elif kernel is not None:
         chunk = max(1, min(n_voxels, budget // (8 * (2 * n_rows + kernel.working_rows))))
     for v0 in range(0, n_voxels, chunk):
+        data = read_block(Y, slice(None), slice(v0, v0 + chunk))  # a store: only this chunk's bytes
         if mixed is not None:
             voxels = slice(v0, v0 + chunk)
-            kernel.tau2[voxels] = mixed_effects.fit_tau2(kernel, Y[:, voxels], voxels)
-            _, observed_data = residualise(Y[:, voxels], model, options.method)
+            kernel.tau2[voxels] = mixed_effects.fit_tau2(kernel, data, voxels)
+            _, observed_data = residualise(data, model, options.method)
             signed[voxels] = mixed_effects.observed_statistics(kernel, observed_data, voxels)
             release_pages(Y)
             continue
         if kernel is not None:
-            signed[v0 : v0 + chunk], dof_map[v0 : v0 + chunk] = observed_statistics(
-                kernel, Y[:, v0 : v0 + chunk], model, options.method)
+            signed[v0 : v0 + chunk], dof_map[v0 : v0 + chunk] = observed_statistics(kernel, data, model,
+                                                                                   options.method)
             continue
-        _, observed_data = residualise(Y[:, v0 : v0 + chunk], model, options.method)
+        _, observed_data = residualise(data, model, options.method)
         signed[v0 : v0 + chunk] = observed_scores(observed_data, model, map_mode)
         release_pages(Y)
     observed = np.abs(signed) if mode == "abs" else signed
