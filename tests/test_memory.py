@@ -160,4 +160,4 @@ def test_a_run_from_the_stored_entry_writes_the_bytes_of_a_run_in_memory(tmp_pat
         manifest = json.loads((tmp_path / name / "manifest.json").read_text())
         files[name] = {e["path"]: e["sha256"] for e in manifest["outputs"] if e["kind"] != "config"}
         assert manifest["data_cache"] == {"memory": "off", "miss": "miss", "store": "hit"}[name]
-    assert files["store"] == files["memory"] and any("corr-maxt" in path for path in files["memory"])
+    assert files["store"] == files["memory"] and any("desc-maxt" in path for path in files["memory"])
