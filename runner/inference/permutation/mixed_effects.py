@@ -32,7 +32,7 @@ import numpy as np
 
 from runner import mfx, stats
 from runner.errors import RunnerError
-from runner.inference.permutation.pvalues import tie_reference
+from runner.inference.permutation.pvalues import blockwise_null
 from runner.inference.permutation_sets import PermutationSet
 
 WEIGHTS = ("fixed", "refit")
@@ -188,17 +188,12 @@ def chunk_null_maxima(kernel: MixedEffectsKernel, data: np.ndarray, voxels: slic
                       block: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-flip maximum of |z| (or z) over one voxel chunk and per-voxel exceedance counts (the contract of
     :func:`runner.inference.permutation.scores.chunk_null_maxima`)."""
-    reference = tie_reference(observed)
-    maxima = np.full(stop - start, -np.inf)
-    exceedances = np.zeros(data.shape[1], dtype=np.int64)
-    for first in range(start, stop, block):
-        last = min(stop, first + block)
+    def tested(first: int, last: int) -> np.ndarray:
         _, signs = permutations.rows(first, last)
         z = flipped_statistics(kernel, data, voxels, signs)
-        test = np.abs(z) if two_sided else z
-        maxima[first - start: last - start] = np.fmax.reduce(test, axis=1, initial=-np.inf)
-        exceedances += np.count_nonzero(test >= reference, axis=0)
-    return maxima, exceedances
+        return np.abs(z) if two_sided else z
+
+    return blockwise_null(tested, observed, start, stop, block)
 
 
 def check_scheme(scheme: str) -> tuple[str, str]:

@@ -10,6 +10,8 @@ flipping every sign (which gives -t) or swapping every pair of a paired design.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 TIE_TOLERANCE = 1e-10  # null values within this relative distance of the observed one count as ties
@@ -19,6 +21,25 @@ def tie_reference(observed: np.ndarray) -> np.ndarray:
     """Observed values lowered by the tie tolerance (NaN -> +inf: never exceeded)."""
     lowered = observed - TIE_TOLERANCE * np.abs(observed)
     return np.where(np.isnan(observed), np.inf, lowered)
+
+
+def blockwise_null(statistics: Callable[[int, int], np.ndarray], observed: np.ndarray, start: int, stop: int,
+                   block: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-element maximum and per-voxel exceedance counts of ``statistics(first, last)`` over elements
+    ``start..stop`` computed ``block`` at a time.
+
+    ``statistics`` returns the tested values (already |.| when two-sided), shape (last - first, V). This is the
+    loop of the kernels that have no faster specialised form (variance groups, mixed effects).
+    """
+    reference = tie_reference(observed)
+    maxima = np.full(stop - start, -np.inf)
+    exceedances = np.zeros(observed.shape[0], dtype=np.int64)
+    for first in range(start, stop, block):
+        last = min(stop, first + block)
+        test = statistics(first, last)
+        maxima[first - start : last - start] = np.fmax.reduce(test, axis=1, initial=-np.inf)
+        exceedances += np.count_nonzero(test >= reference, axis=0)
+    return maxima, exceedances
 
 
 def fwe_p_values(observed: np.ndarray, null_max: np.ndarray) -> np.ndarray:

@@ -36,7 +36,7 @@ from scipy import special, stats
 
 from runner.errors import RunnerError
 from runner.inference.permutation.model import PermutationModel, residualise
-from runner.inference.permutation.pvalues import tie_reference
+from runner.inference.permutation.pvalues import blockwise_null
 from runner.inference.permutation.scores import EXACT_FIT, shuffled_basis
 from runner.inference.permutation_sets import PermutationSet
 
@@ -285,17 +285,14 @@ def chunk_null_maxima(
         shuffled = shuffled.copy()
         shuffled[:, excluded] = 0.0  # zero data: every group degenerate, NaN statistic, never a maximum
     squares = shuffled * shuffled
-    reference = tie_reference(observed)
-    maxima = np.full(stop - start, -np.inf)
-    exceedances = np.zeros(data.shape[1], dtype=np.int64)
-    for first in range(start, stop, block):
-        last = min(stop, first + block)
+    two_sided_scores = two_sided and kernel.n_effects == 1
+
+    def tested(first: int, last: int) -> np.ndarray:
         orders, signs = permutations.rows(first, last)
         statistic, _ = shuffled_statistics(kernel, shuffled, squares, orders, signs, with_dof=False)
-        test = np.abs(statistic) if (two_sided and kernel.n_effects == 1) else statistic
-        maxima[first - start : last - start] = np.fmax.reduce(test, axis=1, initial=-np.inf)
-        exceedances += np.count_nonzero(test >= reference, axis=0)
-    return maxima, exceedances
+        return np.abs(statistic) if two_sided_scores else statistic
+
+    return blockwise_null(tested, observed, start, stop, block)
 
 
 def statistic_to_z(statistic: np.ndarray, n_effects: int, dof: np.ndarray) -> np.ndarray:
