@@ -11,7 +11,9 @@ Run on demand (not a test)::
 ``calibration``: each dataset is smooth Gaussian noise (sigma ``--smoothing`` voxels) on a ``--shape``^3 box for
 ``--subjects`` maps and a design of an intercept and three random covariates; the three covariate contrasts are
 tested with max-T corrected across contrasts (one permutation set, the maximum over contrasts), with max-T per
-contrast (three separate corrections, for comparison), and combined by NPC (Fisher, Tippett). It prints, per
+contrast (three separate corrections, for comparison), and combined by NPC (Fisher, Tippett), also over two
+modalities: a second map per subject correlated ``--modality-correlation`` with the first (from its own generator,
+so the other methods' datasets do not change), the three contrasts on each. It prints, per
 method, the share of datasets with any FWE p <= alpha over the family (the three contrasts), its 95%
 Clopper-Pearson interval and the verdict against the central 95% binomial interval of alpha.
 
@@ -69,7 +71,8 @@ def calibration(args: argparse.Namespace) -> None:
     mask = np.ones((args.shape,) * 3, dtype=bool)
     options = PermutationOptions(n_permutations=args.permutations, n_jobs=args.jobs)
     counts = {"maxt across 3 contrasts": 0, "maxt per contrast (3 separate)": 0, "npc fisher": 0,
-              "npc tippett": 0}
+              "npc tippett": 0, "npc fisher, 2 modalities": 0, "npc tippett, 2 modalities": 0}
+    rho = args.modality_correlation
     rng = np.random.default_rng(args.seed)
     start = time.perf_counter()
     for index in range(args.datasets):
@@ -82,8 +85,12 @@ def calibration(args: argparse.Namespace) -> None:
         across = min(fwe_p_values(o.observed_measure["maxt"], combined).min() for o in outcomes)
         counts["maxt across 3 contrasts"] += across <= args.alpha
         counts["maxt per contrast (3 separate)"] += min(o.corrected_p["maxt"].min() for o in outcomes) <= args.alpha
+        other = rho * Y + np.sqrt(1 - rho**2) * smooth_noise(np.random.default_rng([args.seed, index]),
+                                                             args.subjects, mask, args.smoothing)
         for how in ("fisher", "tippett"):
             counts[f"npc {how}"] += npc_inference(Y, X, contrasts, how, seeded).corrected_p.min() <= args.alpha
+            both = npc_inference(Y, X, contrasts, how, seeded, modalities=[other])
+            counts[f"npc {how}, 2 modalities"] += both.corrected_p.min() <= args.alpha
         if (index + 1) % 50 == 0:
             print(f"  {index + 1} datasets, {time.perf_counter() - start:.0f} s", flush=True)
     low, high = (stats.binom.ppf(0.025, args.datasets, args.alpha) / args.datasets,
@@ -218,6 +225,8 @@ def main() -> None:
     parser.add_argument("--plain", type=int, default=10000)
     parser.add_argument("--method", default="maxt", choices=("maxt", "tfce"), help="tail: the FWE method")
     parser.add_argument("--alpha", type=float, default=0.05)
+    parser.add_argument("--modality-correlation", type=float, default=0.5,
+                        help="calibration: correlation of the second modality with the first")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--seed", type=int, default=2016)
     args = parser.parse_args()

@@ -211,6 +211,7 @@ def build_settings(config: Any) -> RunSettings:
     correction = _corrections(config.get("correction"))
     model = convert(ModelConfig, config.get("model") or {}, "model")
     _check_mixed_effects(model, data, correction)
+    _check_modalities(data, correction)
     executor = convert(ExecutorConfig, config.get("executor") or {}, "executor")
     top = {k: v for k, v in config.items()
            if k not in ("data", "design", "contrasts", "correction", "model", "executor")}
@@ -274,6 +275,23 @@ def _check_mixed_effects(model: ModelConfig, data: DataConfig, correction: dict[
     if grouped:
         raise RunnerError(f"correction.{grouped[0]}.variance_groups is for model=ols: with model=mfx each map is "
                           "weighted by its own first-level variance already; unset variance_groups")
+
+
+def _check_modalities(data: DataConfig, correction: dict[str, Any]) -> None:
+    """``correction.npc.modalities``: volume inputs only (surface maps come as hemisphere pairs), each column once
+    and not the input maps' own column (always the first modality)."""
+    columns = list(getattr(correction.get("npc"), "modalities", None) or [])
+    if not columns:
+        return
+    if data.mesh or data.mesh_left or data.mesh_right:
+        raise RunnerError("correction.npc.modalities reads further volume maps (NIfTI) from table columns; surface "
+                          "inputs are not supported there yet: combine the contrasts of one modality, or run the "
+                          "modalities as volumes")
+    repeated = sorted({c for c in columns if columns.count(c) > 1} | ({data.path_column} & set(columns)))
+    if repeated:
+        raise RunnerError(f"correction.npc.modalities names {', '.join(map(repr, repeated))} twice (the input maps' "
+                          f"column {data.path_column!r} is always the first modality); name each further "
+                          "modality's column once")
 
 
 def convert(cls: type, mapping: Any, prefix: str) -> Any:

@@ -9,12 +9,18 @@ import zlib
 from collections.abc import Sequence
 
 import numpy as np
-from scipy import ndimage
+from scipy import ndimage, stats
 
 # Face (6), edge (18) or vertex (26) neighbours -> the rank of scipy.ndimage.generate_binary_structure.
 STRUCTURE_RANK = {6: 1, 18: 2, 26: 3}
 
 Blob = tuple[tuple[int, int, int], float]
+
+
+def binomial_interval(n: int, level: float = 0.05, chance: float = 0.001) -> tuple[float, float]:
+    """Rejection counts in ``n`` null datasets that a method exactly at ``level`` gives but once in ``1/chance``
+    runs, either way (two-sided binomial interval)."""
+    return stats.binom.ppf(chance / 2, n, level), stats.binom.isf(chance / 2, n, level)
 
 
 def seed_for(name: str) -> int:

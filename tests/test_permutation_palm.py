@@ -13,7 +13,7 @@ import pytest
 from scipy import stats
 
 from conftest import run_analysis
-from oracles import reference_statistic
+from oracles import binomial_interval, reference_statistic
 from planted import planted_study
 from runner.errors import RunnerError
 from runner.inference.permutation import PermutationOptions, fwe_p_values, permutation_inference
@@ -21,12 +21,6 @@ from runner.inference.permutation.acceleration import accelerated_p_values, fit_
 from runner.inference.permutation.npc import combine_log_p, npc_inference
 from runner.inference.permutation_sets import make_permutation_set
 
-CHANCE = 0.001  # of a false alarm per calibration check (two-sided binomial interval)
-
-
-def binomial_interval(n: int, level: float = 0.05, chance: float = CHANCE) -> tuple[float, float]:
-    """Rejection counts a method exactly at ``level`` gives but once in ``1/chance`` runs, either way."""
-    return stats.binom.ppf(chance / 2, n, level), stats.binom.isf(chance / 2, n, level)
 
 
 def test_observed_measure_reproduces_every_methods_corrected_p():
@@ -166,7 +160,7 @@ def test_npc_combining_functions_and_partial_tests_by_hand():
         np.testing.assert_allclose(result.statistic, value, rtol=1e-8)
         np.testing.assert_array_equal(result.corrected_p, fwe_p_values(result.statistic, result.null_max))
         assert result.null_max[0] == pytest.approx(np.max(value))
-    with pytest.raises(RunnerError, match="at least two contrasts"):
+    with pytest.raises(RunnerError, match="at least two partial tests"):
         npc_inference(Y, X, contrasts[:1])
     with pytest.raises(RunnerError, match="combining function"):
         npc_inference(Y, X, contrasts, "fischer")

@@ -32,8 +32,9 @@ BUILTIN_MODULES = ("runner.inference.methods.height", "runner.inference.methods.
 @dataclass(frozen=True)
 class ContrastInputs:
     """Everything a method may read for one contrast: the data, the design, the contrast, its fit, the run settings,
-    the run's executor for loops over independent work (None: the method's own local threads), and with
-    model=mfx the first-level variances (n_maps x n_voxels, the voxel order of ``data.Y``)."""
+    the run's executor for loops over independent work (None: the method's own local threads), with
+    model=mfx the first-level variances (n_maps x n_voxels, the voxel order of ``data.Y``), and the further
+    modalities a method asked for (``{table column: n_maps x n_voxels}``, e.g. ``correction.npc.modalities``)."""
 
     data: "GroupData"
     design: "Design"
@@ -42,6 +43,7 @@ class ContrastInputs:
     settings: "RunSettings"
     executor: Any = None
     variances: Any = None
+    modalities: Any = None
 
 
 # run(inputs, {method name: validated parameters}) -> BatchResult with one MethodResult per method named.

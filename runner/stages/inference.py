@@ -18,10 +18,11 @@ from runner.outputs.writer import OutputWriter
 def run_corrections(writer: OutputWriter, settings: RunSettings, data: GroupData, design: Design,
                     contrasts: list[Contrast], fitted: dict[str, ContrastResult],
                     timings: Any = None, executor: Any = None,
-                    variances: Any = None) -> tuple[dict[str, Any], list[str]]:
+                    variances: Any = None, modalities: Any = None) -> tuple[dict[str, Any], list[str]]:
     """Every configured method on every contrast, batch by batch (a family's shared pass is one batch).
 
-    ``variances`` are the first-level variances (n_maps x n_voxels) with model=mfx, for the methods that refit it.
+    ``variances`` are the first-level variances (n_maps x n_voxels) with model=mfx, for the methods that refit it;
+    ``modalities`` the further maps of the same subjects some methods combine (``{column: n_maps x n_voxels}``).
 
     Returns the summary ``{"contrasts": {contrast: {method: row}}}`` and the notes for the report.
     """
@@ -34,7 +35,8 @@ def run_corrections(writer: OutputWriter, settings: RunSettings, data: GroupData
             method = registry.get(batch_names[0])
             params = {name: settings.correction[name] for name in batch_names}
             every = [registry.ContrastInputs(data=data, design=design, contrast=contrast, fit=fitted[contrast.name],
-                                             settings=settings, executor=executor, variances=variances)
+                                             settings=settings, executor=executor, variances=variances,
+                                             modalities=modalities)
                      for contrast in contrasts]
             # one contrast at a time (generators: each is written before the next runs), or all at once
             outcomes = (method.run_contrasts(every, params) if method.run_contrasts is not None

@@ -38,11 +38,16 @@ def _stages(settings: RunSettings, writer: OutputWriter, timings: Any, resolved:
         checked = None if is_surface(settings.data) else validate_inputs(inputs, settings.data)
         check_analysis(settings, design, None if checked is None else checked.grid.shape)  # blocks, memory, figures
         variance_refs = _variance_images(settings, inputs) if settings.model.kind == "mfx" else ()
+        modality_refs = _modality_images(settings, inputs)
     with timings.stage("load"):
         data, fields["data_cache"] = load_with_progress(inputs, settings, checked, writer.run_dir)
     fields["inputs"] = [record for ref in data.inputs for record in input_records(ref, data.input_sha256)]
     fields["n_maps"], fields["n_voxels"] = data.n_maps, data.n_voxels
     fields["notes"] = list(inputs.notes) + list(design.notes) + list(data.notes)
+    modalities = None
+    if modality_refs:
+        with timings.stage("load"):
+            modalities = _load_modalities(settings, data, modality_refs, fields)
     with timings.stage("design_outputs"):
         results.write_design(writer, design, contrasts, report=settings.report)
     variances = None
@@ -58,7 +63,7 @@ def _stages(settings: RunSettings, writer: OutputWriter, timings: Any, resolved:
             for contrast in contrasts:
                 results.write_covariate_figure(writer, data, design, contrast, fitted[contrast.name])
     summary, notes = run_corrections(writer, settings, data, design, contrasts, fitted, timings, executor,
-                                     variances=variances)
+                                     variances=variances, modalities=modalities)
     fields["notes"].extend(notes)
     if settings.report:
         with timings.stage("report"):
@@ -74,6 +79,35 @@ def _variance_images(settings: RunSettings, inputs: Any) -> tuple[Any, ...]:
 
     source, folder = table_source(settings)
     return variance_images(inputs.table, settings.data.variance_column, folder, source)
+
+
+def _modality_images(settings: RunSettings, inputs: Any) -> dict[str, tuple[Any, ...]]:
+    """``correction.npc.modalities``: each named column's map for every kept row, checked before any map is read
+    (volume inputs, each column once: checked with the settings)."""
+    npc = settings.correction.get("npc")
+    columns = list(getattr(npc, "modalities", None) or [])
+    if not columns:
+        return {}
+    from runner.data.companions import companion_images
+
+    source, folder = table_source(settings)
+    return {column: companion_images(inputs.table, column, folder, source, f"modality {column} map",
+                                     "correction.npc.modalities") for column in columns}
+
+
+def _load_modalities(settings: RunSettings, data: Any, refs: dict[str, tuple[Any, ...]],
+                     fields: dict[str, Any]) -> dict[str, Any]:
+    """Each further modality's maps on the input maps' grid and mask, smoothed as they were; recorded as inputs."""
+    from runner.data.companions import load_companions
+
+    loaded = {}
+    for column, images in refs.items():
+        loaded[column], digests = load_companions(
+            images, data.mask, data.affine, what=f"modality {column} map", allow_resample=settings.data.resample,
+            smoothing_fwhm=settings.data.smoothing_fwhm, dtype=data.Y.dtype, n_jobs=settings.n_jobs)
+        fields["inputs"].extend({"path": str(ref), "sha256": digests.get(str(ref.path)), "role": f"modality {column}"}
+                                for ref in images)
+    return loaded
 
 
 def _fit_mixed_effects(settings: RunSettings, writer: OutputWriter, data: Any, images: tuple[Any, ...],

@@ -1,5 +1,7 @@
 """``correction=[npc]``: non-parametric combination of the run's contrasts (Fisher, Stouffer or Tippett) under
-permutation, with voxel-wise FWE over space (:mod:`runner.inference.permutation.npc`).
+permutation, with voxel-wise FWE over space (:mod:`runner.inference.permutation.npc`), optionally over several
+modalities: ``correction.npc.modalities`` names table columns of further maps of the same subjects (the pipeline
+loads them on the input maps' mask into ``ContrastInputs.modalities``).
 
 NPC is a run-level method: it reads every contrast at once (the registry's ``run_contrasts``) and writes its
 outputs under a contrast label of its own, ``npc<Combine>`` (e.g. ``contrast-npcFisher_stat-logp_desc-npc_...``),
@@ -30,6 +32,9 @@ class NpcCorrection:
     alpha: float = field(default=0.05, metadata=check(in_open_unit))
     combine: str = field(default="fisher", metadata=check(one_of("fisher", "stouffer", "tippett")))
     contrasts: Optional[List[str]] = None  # the contrasts to combine (default: every contrast of the run)
+    # table columns naming further maps of the same subjects (e.g. [fa_path, md_path]): every contrast is tested on
+    # the input maps and on each of these, and all of those partial tests are combined
+    modalities: Optional[List[str]] = None
     name: Optional[str] = None  # contrast label of the outputs (default: npc<Combine>)
     n_permutations: int = field(default=10000, metadata=check(positive))
     seed: Optional[int] = field(default=None, metadata=check(non_negative))  # default: the run's seed
@@ -60,9 +65,11 @@ def run_npc_contrasts(every: list[ContrastInputs], params_by_method: dict[str, A
         if name not in by_name:
             raise RunnerError(f"correction.npc.contrasts names {name!r}, which is not a contrast of the run; "
                               f"{did_you_mean(str(name), by_name)}")
-    if len(chosen) < 2:
-        raise RunnerError(f"correction.npc combines at least two contrasts; the run has {len(chosen)} "
-                          "(add contrasts or list them in correction.npc.contrasts)")
+    extra = dict(every[0].modalities or {})
+    if len(chosen) * (1 + len(extra)) < 2:
+        raise RunnerError(f"correction.npc combines at least two partial tests; the run has {len(chosen)} contrast "
+                          "on one modality (add contrasts, list them in correction.npc.contrasts, or name further "
+                          "modalities in correction.npc.modalities)")
     label = npc_label(params)
     if label in by_name:
         raise RunnerError(f"correction.npc.name {label!r} is also a contrast's name; give the combination another")
@@ -72,9 +79,12 @@ def run_npc_contrasts(every: list[ContrastInputs], params_by_method: dict[str, A
     data = first.data
     X = first.design.matrix.to_numpy(dtype=float)
     matrices = [by_name[name].contrast.matrix for name in chosen]
-    log.info("npc: %s combination of %s, %d permutations requested", params.combine, ", ".join(chosen),
+    sources = [data_label(first)] + list(extra)
+    combined_what = ", ".join(chosen) + (f" on {', '.join(sources)}" if extra else "")
+    log.info("npc: %s combination of %s, %d permutations requested", params.combine, combined_what,
              options.n_permutations)
-    result = npc_inference(data.Y, X, matrices, params.combine, options, executor=first.executor)
+    result = npc_inference(data.Y, X, matrices, params.combine, options, executor=first.executor,
+                           modalities=list(extra.values()))
     for message in result.messages:
         log.info("npc: %s", message)
     n = result.permutations.size
@@ -93,16 +103,23 @@ def run_npc_contrasts(every: list[ContrastInputs], params_by_method: dict[str, A
     meta = dict(n_permutations=n, exhaustive=result.permutations.exhaustive, scheme=result.scheme,
                 regression=params.method, combine=params.combine, contrasts=chosen,
                 partial_two_sided=bool(params.two_sided))
+    if extra:
+        meta["modalities"] = sources
     batch = BatchResult(results={})
     statistic = np.where(np.isfinite(result.statistic), result.statistic, 0.0)
     batch.shared.append(MapOutput(statistic, stat=params.combine, correction=None, meta=meta))
     batch.shared.append(MapOutput(result.uncorrected_p, stat="p", correction=None, fill=1.0, meta=meta))
     method_result = _method_result(inputs, outcome, "npc", params, facts)
-    method_result.summary.update(combined=f"{params.combine.capitalize()} combination of {', '.join(chosen)}",
+    method_result.summary.update(combined=f"{params.combine.capitalize()} combination of {combined_what}",
                                  scheme=result.scheme, scheme_reason=result.scheme_reason)
     batch.results["npc"] = method_result
     batch.notes.extend(f"{label}, npc: {note}" for note in facts.get("notes", []))
     yield label, batch
+
+
+def data_label(inputs: ContrastInputs) -> str:
+    """How the input maps are named among the modalities: their table column (``data.path_column``)."""
+    return str(inputs.settings.data.path_column)
 
 
 def _no_single_contrast(inputs: ContrastInputs, params_by_method: dict[str, Any]) -> BatchResult:

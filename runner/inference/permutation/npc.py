@@ -1,4 +1,4 @@
-"""Non-parametric combination (NPC) of several contrasts under permutation, with FWE over space.
+"""Non-parametric combination (NPC) of several contrasts and modalities under permutation, with FWE over space.
 
 Winkler et al. 2016 ("Non-parametric combination and related permutation tests for neuroimaging", HBM 37): each
 contrast ("partial test") is computed on the same shuffled data, its statistic turned into a parametric p (t: two-
@@ -10,7 +10,9 @@ permutation, so the parametric p only needs to be monotone in the statistic, not
 - Tippett: ``T = max_k (-log p_k)`` (the smallest p)
 
 The FWE p of a voxel is ``#{j : max_v T_j(v) >= T(v)} / P`` with the identity counted, as for max-T. Every contrast
-is shuffled by the same element of the permutation set (one scheme for all; see :func:`common_scheme`). Blocks of
+is shuffled by the same element of the permutation set (one scheme for all; see :func:`common_scheme`). Several
+modalities (data sources of the same subjects, e.g. FA and MD maps, on the same voxels) multiply the partial tests:
+every contrast on every modality, all shuffled by the same element, so their dependence is kept in the null. Blocks of
 permutations run on an executor on the GEMM grid of :mod:`.blocks`, so results do not depend on the workers.
 """
 
@@ -170,33 +172,44 @@ def common_scheme(X: np.ndarray, contrasts: Sequence[np.ndarray], options: Permu
 
 
 def npc_inference(Y: np.ndarray, X: np.ndarray, contrasts: Sequence[np.ndarray], combine: str = "fisher",
-                  options: PermutationOptions | None = None, executor: Executor | None = None) -> NpcResult:
-    """Non-parametric combination of ``contrasts`` (t or F each) with voxel-wise FWE over space.
+                  options: PermutationOptions | None = None, executor: Executor | None = None,
+                  modalities: Sequence[np.ndarray] = ()) -> NpcResult:
+    """Non-parametric combination of ``contrasts`` (t or F each), on ``Y`` and each of ``modalities``, with
+    voxel-wise FWE over space.
 
     Parameters
     ----------
     Y : ndarray, shape (n, V)
     X : ndarray, shape (n, p)
     contrasts : sequence of ndarray, each (q, p) or (p,)
-        At least two partial tests.
+        The partial tests of each modality; with the modalities, at least two partial tests in all.
     combine : {"fisher", "stouffer", "tippett"}
     options : PermutationOptions
         ``n_permutations``, ``seed``, ``two_sided`` (of the partial t tests), ``method``, blocks, ``n_jobs``,
         ``progress``; variance groups and spatial settings do not apply.
     executor : Executor, optional
+    modalities : sequence of ndarray, each (n, V)
+        Further data of the same maps' subjects (rows) at the same voxels (columns) as ``Y``; partial tests are
+        ordered modality by modality (``Y`` first), contrast by contrast within each.
     """
     options = options or PermutationOptions()
     if combine not in COMBINING:
         raise RunnerError(f"unknown combining function {combine!r}: {did_you_mean(str(combine), COMBINING)}")
-    if len(contrasts) < 2:
-        raise RunnerError(f"non-parametric combination needs at least two contrasts, got {len(contrasts)}")
-    Y = np.asarray(Y)
+    sources = [np.asarray(Y)] + [np.asarray(m) for m in modalities]
+    if len(contrasts) * len(sources) < 2:
+        raise RunnerError(f"non-parametric combination needs at least two partial tests (contrasts x modalities), "
+                          f"got {len(contrasts)} contrast(s) on {len(sources)} modality(ies)")
+    Y = sources[0]
     design = np.asarray(X, dtype=np.float64)
     design = design[:, None] if design.ndim == 1 else design
     if Y.ndim != 2 or Y.shape[0] != design.shape[0]:
         raise RunnerError(f"the data ({Y.shape}) and the design ({design.shape}) do not match in rows")
-    if not np.isfinite(Y).all():
-        raise RunnerError("the data contain NaN or infinite values inside the mask")
+    for index, source in enumerate(sources):
+        if source.shape != Y.shape:
+            raise RunnerError(f"modality {index + 1} has shape {source.shape}; every modality needs the maps x "
+                              f"voxels shape of the first, {Y.shape}")
+        if not np.isfinite(source).all():
+            raise RunnerError(f"modality {index + 1} contains NaN or infinite values inside the mask")
     blocks = check_blocks(
         None if options.exchangeability_blocks is None else np.asarray(options.exchangeability_blocks),
         design.shape[0], options.whole_block,
@@ -205,12 +218,12 @@ def npc_inference(Y: np.ndarray, X: np.ndarray, contrasts: Sequence[np.ndarray],
     permutations = make_permutation_set(design, options.n_permutations, options.seed, scheme, blocks,
                                         options.whole_block)
     partials = []
-    for contrast in contrasts:
+    for source, contrast in ((source, contrast) for source in sources for contrast in contrasts):
         model = partition_model(design, contrast)
         if scheme == "permutation":
             model = separate_invariant_nuisance(model, invariant_subspace(blocks, design.shape[0],
                                                                           options.whole_block))
-        shuffled, unshuffled = residualise(Y, model, options.method)
+        shuffled, unshuffled = residualise(source, model, options.method)
         differ = unshuffled is not shuffled
         shuffled = np.array(shuffled, dtype=np.float64, copy=True)
         unshuffled = np.array(unshuffled, dtype=np.float64, copy=True) if differ else None
@@ -221,7 +234,7 @@ def npc_inference(Y: np.ndarray, X: np.ndarray, contrasts: Sequence[np.ndarray],
                                for v0 in range(0, Y.shape[1], VOXEL_CHUNK)])
     excluded = ~np.isfinite(observed)
     if excluded.all():
-        raise RunnerError("no voxel has a statistic in every contrast; nothing to combine")
+        raise RunnerError("no voxel has a statistic in every partial test; nothing to combine")
     work = replace(work, observed=np.where(excluded, np.nan, observed))
 
     executor = executor or LocalExecutor(resolve_workers(options.n_jobs))
@@ -237,11 +250,12 @@ def npc_inference(Y: np.ndarray, X: np.ndarray, contrasts: Sequence[np.ndarray],
     null = np.concatenate([[np.nanmax(observed)]] + [r["null"] for r in results])
     exceedances = sum((r["exceedances"] for r in results), np.zeros(observed.size, dtype=np.int64))
     sided = "two-sided" if options.two_sided else "one-sided"
+    on_modalities = f"{len(contrasts)} contrast(s) on each of {len(sources)} modalities; " if modalities else ""
     messages = [permutations.describe(), f"scheme: {scheme.replace('_', '-')} ({reason})",
-                f"{combine.capitalize()} combination of {len(contrasts)} partial tests (parametric p of each, "
-                f"t {sided}, F one-sided), {options.method.replace('_', '-')} regression"]
+                f"{combine.capitalize()} combination of {len(partials)} partial tests ({on_modalities}parametric p of "
+                f"each, t {sided}, F one-sided), {options.method.replace('_', '-')} regression"]
     if excluded.any():
-        messages.append(f"{int(excluded.sum())} voxel(s) without a statistic in some contrast get no combined "
+        messages.append(f"{int(excluded.sum())} voxel(s) without a statistic in some partial test get no combined "
                         "statistic (NaN, p = 1)")
     return NpcResult(statistic=observed, combine=combine,
                      uncorrected_p=uncorrected_p_values(exceedances, n_elements, excluded),

@@ -1,0 +1,145 @@
+"""Non-parametric combination over several modalities (data sources of the same subjects): the combined null against a
+brute-force least-squares oracle, a run whose table names a second modality against the combination computed here
+from maps read with nibabel, the refusals, and a light null calibration (``benchmarks/bench_palm.py`` runs 500+)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from conftest import compose, run_analysis
+from oracles import binomial_interval, reference_statistic
+from planted import AFFINE, planted_study
+from runner.config import build_settings
+from runner.errors import RunnerError
+from runner.inference.permutation import PermutationOptions
+from runner.inference.permutation.npc import npc_inference
+
+
+def _freedman_lane_t(Y, X, c, order, signs):
+    """t of contrast ``c`` (one row) on the shuffled residuals of the model without it, fitted directly."""
+    Z = X[:, np.flatnonzero(c[0] == 0)]
+    residuals = Y - Z @ np.linalg.lstsq(Z, Y, rcond=None)[0]
+    return reference_statistic(signs[:, None] * residuals[order], X, c)
+
+
+def test_null_of_two_modalities_is_the_brute_force_combination():
+    """Every element's combined maximum: each contrast on each modality, all shuffled by the same element."""
+    rng = np.random.default_rng(11)
+    n = 14
+    X = np.c_[np.ones(n), rng.standard_normal((n, 2))]
+    Y = rng.standard_normal((n, 25))
+    other = 0.6 * Y + rng.standard_normal((n, 25))  # a correlated second modality
+    contrasts = [np.eye(3)[[1]], np.eye(3)[[2]]]
+    for how in ("fisher", "tippett"):
+        result = npc_inference(Y, X, contrasts, how, PermutationOptions(n_permutations=30, seed=2),
+                               modalities=[other])
+        orders, signs = result.permutations.rows(0, result.permutations.size)
+        for j in range(result.permutations.size):
+            log_p = [np.log(2 * stats.t.sf(np.abs(_freedman_lane_t(data, X, c, orders[j], signs[j])), n - 3))
+                     for data in (Y, other) for c in contrasts]
+            combined = -2 * np.sum(log_p, axis=0) if how == "fisher" else -np.min(log_p, axis=0)
+            assert result.null_max[j] == pytest.approx(np.max(combined), rel=1e-8), (how, j)
+
+
+def test_one_contrast_on_two_modalities_is_enough_and_shapes_must_match():
+    rng = np.random.default_rng(12)
+    Y = rng.standard_normal((10, 8))
+    X = np.ones((10, 1))
+    result = npc_inference(Y, X, [np.ones((1, 1))], "stouffer", PermutationOptions(n_permutations=20),
+                           modalities=[Y[:, ::-1].copy()])
+    t = [reference_statistic(data, X, np.ones((1, 1))) for data in (Y, Y[:, ::-1])]
+    z = [stats.norm.isf(2 * stats.t.sf(np.abs(value), 9)) for value in t]
+    np.testing.assert_allclose(result.statistic, (z[0] + z[1]) / np.sqrt(2), rtol=1e-8)
+    with pytest.raises(RunnerError, match="at least two partial tests"):
+        npc_inference(Y, X, [np.ones((1, 1))])
+    with pytest.raises(RunnerError, match="modality 2 has shape"):
+        npc_inference(Y, X, [np.ones((1, 1))], modalities=[Y[:, :5]])
+    with pytest.raises(RunnerError, match="modality 2 contains NaN"):
+        npc_inference(Y, X, [np.ones((1, 1))], modalities=[np.where(Y > 1, np.nan, Y)])
+
+
+def _two_modality_study(root):
+    """The planted study plus a second modality (another planted study's maps, other seed) in column md_path."""
+    overrides = planted_study(root, n_maps=12)
+    planted_study(root / "md", n_maps=12, positive=1.0, negative=-2.0, seed=9)
+    table = pd.read_csv(root / "table.tsv", sep="\t")
+    table["md_path"] = [f"md/{p}" for p in table["path"]]
+    table.to_csv(root / "table.tsv", sep="\t", index=False)
+    return overrides, table
+
+
+@pytest.mark.slow
+def test_a_run_combines_the_modalities_of_its_table(tmp_path):
+    overrides, table = _two_modality_study(tmp_path / "study")
+    run_dir = tmp_path / "run"
+    summary = run_analysis(run_dir, overrides + [
+        "correction=[npc]", "correction.npc.n_permutations=100", "correction.npc.modalities=[md_path]",
+        "report=false"])
+    row = summary["contrasts"]["npcFisher"]["npc"]
+    assert row["combined"] == "Fisher combination of mean on path, md_path"
+    # independently: the maps read with nibabel, the one-sample t of each modality, Fisher's combination
+    mask = nib.load(tmp_path / "study" / "mask.nii.gz").get_fdata() > 0
+    X = np.ones((len(table), 1))
+    log_p = []
+    for column in ("path", "md_path"):
+        Y = np.stack([nib.load(tmp_path / "study" / p).get_fdata()[mask] for p in table[column]])
+        log_p.append(np.log(2 * stats.t.sf(np.abs(reference_statistic(Y, X, np.ones((1, 1)))), len(table) - 1)))
+    statistic = nib.load(run_dir / "contrast-npcFisher_stat-fisher_statmap.nii.gz").get_fdata()[mask]
+    np.testing.assert_allclose(statistic, -2 * np.sum(log_p, axis=0), rtol=1e-4)  # float32 maps
+    sidecar = json.loads((run_dir / "contrast-npcFisher_stat-fisher_statmap.json").read_text())
+    assert sidecar["Modalities"] == ["path", "md_path"] and sidecar["Contrasts"] == ["mean"]
+    manifest = (run_dir / "manifest.json").read_text()
+    assert manifest.count('"role": "modality md_path"') == len(table)  # each file recorded with its sha256
+    logp = nib.load(run_dir / "contrast-npcFisher_stat-logp_desc-npc_statmap.nii.gz").get_fdata()
+    assert logp.max() == pytest.approx(np.log10(100))  # the planted balls reach the smallest p 100 flips allow
+
+
+@pytest.mark.slow
+def test_modality_errors_name_the_column_or_the_file(tmp_path):
+    overrides, table = _two_modality_study(tmp_path / "study")
+    base = overrides + ["correction=[npc]", "correction.npc.n_permutations=20", "report=false"]
+    with pytest.raises(RunnerError, match="names column 'md_pth'.*md_path"):
+        run_analysis(tmp_path / "r1", base + ["correction.npc.modalities=[md_pth]"])
+    bad = tmp_path / "study" / "md" / table["path"][3]
+    values = nib.load(bad).get_fdata()
+    values[5, 5, 4] = np.nan
+    nib.save(nib.Nifti1Image(values.astype(np.float32), AFFINE), str(bad))
+    with pytest.raises(RunnerError, match=f"{bad.name} has 1 missing"):
+        run_analysis(tmp_path / "r2", base + ["correction.npc.modalities=[md_path]"])
+    record = json.loads((tmp_path / "r2" / "manifest.json").read_text())
+    assert record["status"] == "failed" and bad.name in record["error"]  # no result that looks complete
+    assert not list((tmp_path / "r2").glob("*_statmap.nii.gz"))
+    with pytest.raises(RunnerError, match="'path' twice"):
+        build_settings(compose(overrides + ["correction=[npc]", "correction.npc.modalities=[path]"]))
+    with pytest.raises(RunnerError, match="surface inputs are not supported"):
+        build_settings(compose(["+experiment=surface_one_sample", "correction=[npc]",
+                                "correction.npc.modalities=[md_path]"]))
+
+
+@pytest.mark.slow
+def test_null_calibration_of_npc_over_two_correlated_modalities():
+    """Null data, two modalities correlated 0.7 (same subjects), two covariate contrasts: FWE of Fisher and Tippett
+    inside the binomial interval of 0.05 (light: 60 datasets, 100 permutations)."""
+    n_datasets = 60
+    rejected = {"fisher": 0, "tippett": 0}
+    options = PermutationOptions(n_permutations=100, scheme="permutation")
+    for index in range(n_datasets):
+        rng = np.random.default_rng(3000 + index)
+        n, V = 20, 120
+        X = np.c_[np.ones(n), rng.standard_normal((n, 2))]
+        Y = rng.standard_normal((n, V))
+        other = 0.7 * Y + np.sqrt(1 - 0.7**2) * rng.standard_normal((n, V))
+        contrasts = [np.eye(3)[[1]], np.eye(3)[[2]]]
+        for how in rejected:
+            result = npc_inference(Y, X, contrasts, how, replace(options, seed=index), modalities=[other])
+            rejected[how] += result.corrected_p.min() <= 0.05
+    low, high = binomial_interval(n_datasets)
+    for how, count in rejected.items():
+        assert low <= count <= high, (how, rejected)
