@@ -1,4 +1,4 @@
-"""Seeded demo datasets (localizer, paired, vbm, mixed, surface), generated on first use, cached, always identical.
+"""Seeded demo datasets (localizer, paired, vbm, mixed, diffusion, surface), generated on first use, cached, always identical.
 
 ``ensure_demo(name)`` returns the dataset's ``table.tsv``. Datasets live under the cache root
 (``root`` argument, else ``$RUNNER_DEMO_DIR``, else ``$XDG_CACHE_HOME/second-level-runner/demo``,
@@ -305,6 +305,12 @@ def _generate_mixed(out_dir: Path, seed: int) -> None:
     generate_mixed(out_dir, seed)
 
 
+def _generate_diffusion(out_dir: Path, seed: int) -> None:
+    from runner.demo.diffusion import generate_diffusion
+
+    generate_diffusion(out_dir, seed)
+
+
 # --------------------------------------------------------------------------------------------
 # Registry and cache
 
@@ -366,6 +372,14 @@ DEMO_DATASETS: dict[str, DemoDataset] = {
             "24 subjects' effect maps with first-level variance maps spanning two orders of magnitude; a planted "
             "group mean that mixed effects (model=mfx) finds with more power than OLS",
             _generate_mixed,
+        ),
+        DemoDataset(
+            "diffusion",
+            1,
+            20240605,
+            "30 adults' FA and MD maps (two modalities, columns path and md_path) with an ageing effect shared by "
+            "both in one region and in MD alone in another",
+            _generate_diffusion,
         ),
     )
 }
