@@ -15,8 +15,8 @@ from runner.hydra_setup import safe_dirname
     ("correction.fdr.alpha=abc", "correction.fdr.alpha must be a number, got 'abc'"),
     ("data.resample=maybe", "data.resample must be true or false, got 'maybe'"),
     ("correction.fdr.cluster_threshold=1.5", "correction.fdr.cluster_threshold must be an integer, got 1.5"),
-    ("data=locaizer", "Could not find 'data/locaizer' (available: bids, localizer, mixed, paired, surface, table, "
-                      "vbm)"),
+    ("data=locaizer", "Could not find 'data/locaizer' (available: "
+                      f"{', '.join(sorted(p.stem for p in (CONF / 'data').glob('*.yaml')))})"),
     ("correction=[fdr,fdrr]", "correction/fdrr"),
     ("sed=3", "unknown key sed — did you mean seed?"),
     ("n_jobs=0", "n_jobs must be >= 1, got 0"),
