@@ -14,7 +14,10 @@ from conftest import REPO, compose, run_analysis, run_cli
 PRESETS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
 TEST_PERMUTATIONS = 100  # the presets' own counts (500-1000) are for the demo; the run and its re-run are the test
 # presets whose full run takes minutes, shrunk here (the preset itself is what a user runs)
-SHRUNK = {"validity": ["correction.validity.n_datasets=3", "correction.validity.n_permutations=10"]}
+SHRUNK = {"validity": ["correction.validity.n_datasets=3", "correction.validity.n_permutations=10"],
+          # NPC computes a parametric p per partial test, voxel and permutation: 50 permutations test the same code
+          "palm_contrasts": ["correction.maxt.n_permutations=50", "correction.npc.n_permutations=50"],
+          "npc_modalities": ["correction.npc.n_permutations=50"]}
 
 
 def fewer_permutations(preset: str) -> list[str]:
