@@ -37,10 +37,13 @@ def task(cfg: DictConfig) -> dict[str, Any]:
     from runner.config import build_settings, recorded_config
     from runner.outputs.writer import storage_errors
 
+    from runner.selection import drop_unchosen_corrections
+
     run_dir, multirun = _run_dir_and_mode()
     overrides = list(HydraConfig.get().overrides.task)
     try:
         try:
+            drop_unchosen_corrections(cfg, overrides)  # a preset's method the command line left out
             settings = build_settings(cfg)
         except RunnerError as error:
             app.record_failure(run_dir, str(error), overrides)  # only where the folder policy allows it

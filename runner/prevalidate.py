@@ -19,6 +19,7 @@ from typing import Any
 
 from runner.config import RunSettings, build_settings
 from runner.errors import RunnerError
+from runner.selection import drop_unchosen_corrections
 
 # Flags of Hydra's command line that show something instead of running an analysis.
 _NO_ANALYSIS = ("help", "hydra_help", "version", "cfg", "info", "shell_completion", "experimental_rerun",
@@ -129,6 +130,7 @@ def settings_for(config_dir: str, config_name: str, overrides: list[str], user_c
     plain = OmegaConf.create(OmegaConf.to_container(config, resolve=False))  # accepts any key
     plain.pop("hydra", None)
     absent = [o for o in values if not _apply(plain, o)]
+    drop_unchosen_corrections(plain, overrides, warn=False)  # as the run will (runner.selection)
     settings = build_settings(plain)  # the one validation pass: unknown keys, types, ranges
     if absent:  # a known key that this composition does not have: Hydra would refuse to set it
         raise RunnerError(_absent_message(absent[0].key_or_group, plain))

@@ -50,11 +50,13 @@ def run_analysis(run_dir: Path, overrides: list[str] | None = None) -> dict:
 
     from runner import app
     from runner.config import build_settings
+    from runner.selection import drop_unchosen_corrections
 
     overrides = list(overrides or [])
     if not any(o.startswith("cache_dir=") for o in overrides) and os.environ.get("RUNNER_TEST_DATA_CACHE"):
         overrides.append(f"cache_dir={os.environ['RUNNER_TEST_DATA_CACHE']}")  # never the repository's experiments/
     cfg = compose(overrides)
+    drop_unchosen_corrections(cfg, overrides)  # as runner.cli does before building the settings
     settings = build_settings(cfg)
     return app.run(settings, run_dir, resolved_config=OmegaConf.to_container(cfg, resolve=True),
                    overrides=list(overrides or []))
