@@ -118,6 +118,9 @@ def test_modality_errors_name_the_column_or_the_file(tmp_path):
     assert not list((tmp_path / "r2").glob("*_statmap.nii.gz"))
     with pytest.raises(RunnerError, match="'path' twice"):
         build_settings(compose(overrides + ["correction=[npc]", "correction.npc.modalities=[path]"]))
+    with pytest.raises(RunnerError, match="data=bids .* has no such columns"):
+        build_settings(compose(["data=bids", "data.root=/nonexistent", "correction=[npc]",
+                                "correction.npc.modalities=[md_path]"]))
     with pytest.raises(RunnerError, match="surface inputs are not supported"):
         build_settings(compose(["+experiment=surface_one_sample", "correction=[npc]",
                                 "correction.npc.modalities=[md_path]"]))
