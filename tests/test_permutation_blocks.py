@@ -14,7 +14,13 @@ from scipy import ndimage
 
 from runner.errors import RunnerError
 from runner.inference.permutation import PermutationOptions, permutation_inference
-from runner.inference.permutation.blocks import block_bounds, default_block_size, spatial_unit
+from runner.inference.permutation.blocks import (
+    block_bounds,
+    default_block_size,
+    maxt_tasks,
+    maxt_voxel_chunk,
+    spatial_unit,
+)
 from runner.inference.permutation.scores import PERMUTATION_BLOCK
 
 ALL_METHODS = ("maxt", "clustersize", "clustermass", "tfce")
@@ -159,3 +165,35 @@ def test_a_run_with_one_or_two_workers_writes_identical_files(tmp_path):
         digests.append(_output_digests(run_dir))
     assert digests[0] == digests[1]
     assert any("tfce_nulldist" in path for path in digests[0])
+
+
+@pytest.mark.parametrize(("n_elements", "block_size", "n_voxels", "wanted"),
+                         [(1000, 1024, 20000, 32), (1000, 256, 20000, 8), (300, 256, 5000, 64), (5000, 1024, 900, 8)])
+def test_maxt_tasks_cover_every_element_and_voxel_once_on_the_chunk_grid(n_elements, block_size, n_voxels, wanted):
+    chunk = maxt_voxel_chunk(n_voxels)
+    tasks = maxt_tasks(n_elements, block_size, n_voxels, chunk, wanted)
+    covered = np.zeros((n_elements, n_voxels), dtype=int)
+    for first, last, v0, v1, _ in tasks:
+        covered[first:last, v0:v1] += 1
+        assert v0 % chunk == 0  # ranges start on the chunk grid: the same arithmetic however they are cut
+    assert (covered[1:] == 1).all() and not covered[0].any()
+    assert sum(weight for *_, weight in tasks) == n_elements - 1  # progress counts every element once
+    blocks = len(block_bounds(n_elements, PERMUTATION_BLOCK, block_size))
+    assert len(tasks) == blocks * min(max(1, -(-wanted // blocks)), -(-n_voxels // chunk))
+
+
+@pytest.mark.parametrize("groups", [False, True])
+def test_maxt_cut_into_voxel_ranges_is_identical_to_whole_blocks(monkeypatch, groups):
+    """1,000 permutations make 4 blocks; 8 workers want 32 tasks, so each block is cut into voxel ranges. The
+    result must be the one of whole blocks (no cut), bit for bit, for the t kernel and the variance-group kernel."""
+    from runner.inference.permutation import driver
+
+    rng = np.random.default_rng(9)
+    n = 16
+    X = np.column_stack([np.ones(n), np.repeat([0.0, 1.0], n // 2)])
+    Y = rng.standard_normal((n, 13000)) * np.where(X[:, 1:] > 0, 3.0, 1.0)
+    settings = dict(n_permutations=1000, variance_groups=X[:, 1].astype(int) if groups else None)
+    cut = _run(Y, X, [[0, 1.0]], None, ("maxt",), n_jobs=8, **settings)
+    monkeypatch.setattr(driver, "TASKS_PER_WORKER", 0)  # one task per permutation block, all voxels
+    whole = _run(Y, X, [[0, 1.0]], None, ("maxt",), n_jobs=1, **settings)
+    _assert_identical(whole, cut, ("maxt",))

@@ -25,6 +25,8 @@ class ProgressReporter:
             self._bar = tqdm(total=self.total, unit=unit, desc=description)
 
     def advance(self, count: int) -> None:
+        if not count:  # a task that shares its block's count with others may carry none
+            return
         self.done += int(count)
         if self._callback is not None:
             self._callback(self.done, self.total)

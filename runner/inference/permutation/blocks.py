@@ -90,15 +90,61 @@ def block_bounds(n_elements: int, unit: int, block_size: int) -> list[tuple[int,
     return [(first, min(n_elements, first + size)) for first in range(1, n_elements, size)]
 
 
-def maxt_block(work: BlockWork, first: int, last: int) -> dict[str, np.ndarray]:
-    """Max-T null maxima of elements ``first..last-1`` and their voxel-wise exceedance counts, voxel chunk by chunk."""
+def maxt_voxel_chunk(n_voxels: int, kernel: object = None) -> int:
+    """Voxels per chunk of the max-T loop: every task cuts the voxels on this one grid, so that each chunk's
+    arithmetic (and so every bit of the result) is the same however the voxels are spread over tasks."""
+    return max(256, min(VOXEL_CHUNK if kernel is None else KERNEL_VOXEL_CHUNK, n_voxels))
+
+
+def voxel_groups(n_voxels: int, chunk: int, n_groups: int) -> list[tuple[int, int]]:
+    """``n_groups`` (at most one per chunk) contiguous voxel ranges on the chunk grid, as even as the grid allows."""
+    n_chunks = max(1, math.ceil(n_voxels / chunk))
+    n_groups = max(1, min(int(n_groups), n_chunks))
+    edges = [round(g * n_chunks / n_groups) * chunk for g in range(n_groups + 1)]
+    return [(edges[g], min(n_voxels, edges[g + 1])) for g in range(n_groups)]
+
+
+def maxt_tasks(n_elements: int, block_size: int, n_voxels: int, chunk: int,
+               wanted: int) -> list[tuple[int, int, int, int, int]]:
+    """Max-T tasks ``(first, last, v0, v1, weight)``: permutation blocks, each cut into voxel ranges when there are
+    fewer blocks than ``wanted`` tasks (1,000 permutations make 4 blocks; 16 workers want more tasks). Maxima are
+    combined with ``max`` and counts added, both exactly, so the split never changes a bit of the result. Weights
+    are the block's permutations shared out over its ranges (integers, for progress)."""
+    blocks = block_bounds(n_elements, PERMUTATION_BLOCK, block_size)
+    groups = voxel_groups(n_voxels, chunk, math.ceil(wanted / max(1, len(blocks))))
+    tasks = []
+    for first, last in blocks:
+        shares = np.diff(np.round(np.linspace(0, last - first, len(groups) + 1)).astype(int))
+        tasks.extend((first, last, v0, v1, int(w)) for (v0, v1), w in zip(groups, shares))
+    return tasks
+
+
+def merge_voxel_ranges(results: list[dict[str, np.ndarray]], n_voxels: int) -> list[dict[str, np.ndarray]]:
+    """One result per permutation block from the results of its voxel ranges (consecutive, in task order): maxima
+    combined by ``max``, counts placed at their voxels (exact, whatever the ranges)."""
+    merged: list[dict[str, np.ndarray]] = []
+    for result in results:
+        v0, v1 = (int(v) for v in result["voxels"])
+        if v0 == 0:
+            merged.append({"maxt": result["maxt"].copy(), "exceedances": np.zeros(n_voxels, dtype=np.int64)})
+        else:
+            np.maximum(merged[-1]["maxt"], result["maxt"], out=merged[-1]["maxt"])
+        merged[-1]["exceedances"][v0:v1] += result["exceedances"]
+    return merged
+
+
+def maxt_block(work: BlockWork, first: int, last: int, v_start: int = 0,
+               v_stop: int | None = None) -> dict[str, np.ndarray]:
+    """Max-T null maxima of elements ``first..last-1`` over voxels ``v_start..v_stop-1`` and those voxels' exceedance
+    counts, chunk by chunk of the :func:`maxt_voxel_chunk` grid."""
     n_voxels = work.data.shape[1]
-    voxel_chunk = max(256, min(VOXEL_CHUNK if work.kernel is None else KERNEL_VOXEL_CHUNK, n_voxels))
+    v_stop = n_voxels if v_stop is None else v_stop
+    voxel_chunk = maxt_voxel_chunk(n_voxels, work.kernel)
     maxima = np.full(last - first, -np.inf)
-    exceedances = np.zeros(n_voxels, dtype=np.int64)
+    exceedances = np.zeros(v_stop - v_start, dtype=np.int64)
     workspace: dict[str, np.ndarray] = {}
-    for v0 in range(0, n_voxels, voxel_chunk):
-        v1 = min(n_voxels, v0 + voxel_chunk)
+    for v0 in range(v_start, v_stop, voxel_chunk):
+        v1 = min(v_stop, v0 + voxel_chunk)
         data = read_block(work.data, slice(None), slice(v0, v1))  # a store: only this chunk's bytes
         if isinstance(work.kernel, MixedEffectsKernel):
             shuffled, _ = residualise(data, work.model, work.regression)
@@ -117,9 +163,9 @@ def maxt_block(work: BlockWork, first: int, last: int) -> dict[str, np.ndarray]:
                 work.regression, work.two_sided, first, last, block=PERMUTATION_BLOCK, workspace=workspace,
             )
         np.maximum(maxima, chunk_max, out=maxima)
-        exceedances[v0:v1] += chunk_exceed
+        exceedances[v0 - v_start : v1 - v_start] += chunk_exceed
         release_pages(work.data)  # a memory-mapped store: hold one chunk's pages at a time
-    return {"maxt": maxima, "exceedances": exceedances}
+    return {"maxt": maxima, "exceedances": exceedances, "voxels": np.array([v_start, v_stop])}
 
 
 def spatial_block(work: BlockWork, first: int, last: int) -> dict[str, np.ndarray]:

@@ -18,10 +18,14 @@ from runner.chunks import read_block, release_pages
 from runner.errors import RunnerError, did_you_mean
 from runner.execution import Executor, LocalExecutor, ProgressReporter, Task, resolve_workers
 from runner.inference.permutation.blocks import (
+    TASKS_PER_WORKER,
     BlockWork,
     block_bounds,
     default_block_size,
     maxt_block,
+    maxt_tasks,
+    maxt_voxel_chunk,
+    merge_voxel_ranges,
     spatial_block,
     spatial_unit,
 )
@@ -263,18 +267,23 @@ def permutation_inference(
         work = BlockWork(data=shuffled, unit=unit, methods=methods, graph=graph, threshold=threshold,
                          tfce_E=options.tfce_E, tfce_H=options.tfce_H, tfce_dh=options.tfce_dh,
                          sum_squares=sum_squares, **common)
-        task_function = spatial_block
     else:
         unit = PERMUTATION_BLOCK
         work = BlockWork(data=Y, unit=unit, **common)
-        task_function = maxt_block
     block_size = options.block_size or default_block_size(n_elements, unit, executor.n_workers)
     shared = executor.share(work)
-    tasks = [Task(task_function, (shared, first, last), weight=last - first)
-             for first, last in block_bounds(n_elements, unit, block_size)]
+    if spatial:
+        tasks = [Task(spatial_block, (shared, first, last), weight=last - first)
+                 for first, last in block_bounds(n_elements, unit, block_size)]
+    else:  # few permutation blocks are cut into voxel ranges too, so that every worker has tasks
+        chunk = maxt_voxel_chunk(n_voxels, kernel)
+        tasks = [Task(maxt_block, (shared, first, last, v0, v1), weight=weight) for first, last, v0, v1, weight
+                 in maxt_tasks(n_elements, block_size, n_voxels, chunk, TASKS_PER_WORKER * executor.n_workers)]
     with ProgressReporter(options.progress, n_elements, "permutations", "perm") as reporter:
         reporter.advance(1)  # the identity
         results = list(executor.map(tasks, reporter.advance))
+    if not spatial:
+        results = merge_voxel_ranges(results, n_voxels)
 
     def gather(key: str) -> np.ndarray:
         return np.concatenate([r[key] for r in results]) if results else np.zeros(0)
