@@ -278,15 +278,11 @@ def _check_mixed_effects(model: ModelConfig, data: DataConfig, correction: dict[
 
 
 def _check_modalities(data: DataConfig, correction: dict[str, Any]) -> None:
-    """``correction.npc.modalities``: volume maps listed in a table (surface maps come as hemisphere pairs, 4D and
-    BIDS inputs have no path columns), each column once and not the input maps' own column (the first modality)."""
+    """``correction.npc.modalities``: maps listed in a table (4D and BIDS inputs have no path columns), each column
+    once and not the input maps' own column (the first modality)."""
     columns = list(getattr(correction.get("npc"), "modalities", None) or [])
     if not columns:
         return
-    if data.mesh or data.mesh_left or data.mesh_right:
-        raise RunnerError("correction.npc.modalities reads further volume maps (NIfTI) from table columns; surface "
-                          "inputs are not supported there yet: combine the contrasts of one modality, or run the "
-                          "modalities as volumes")
     if data.image_4d or data.root:
         source = "data.image_4d (one 4D file)" if data.image_4d else "data=bids (maps found by their entities)"
         raise RunnerError(f"correction.npc.modalities reads further maps from columns of the input table; {source} "

@@ -121,9 +121,6 @@ def test_modality_errors_name_the_column_or_the_file(tmp_path):
     with pytest.raises(RunnerError, match="data=bids .* has no such columns"):
         build_settings(compose(["data=bids", "data.root=/nonexistent", "correction=[npc]",
                                 "correction.npc.modalities=[md_path]"]))
-    with pytest.raises(RunnerError, match="surface inputs are not supported"):
-        build_settings(compose(["+experiment=surface_one_sample", "correction=[npc]",
-                                "correction.npc.modalities=[md_path]"]))
 
 
 @pytest.mark.slow
@@ -146,3 +143,87 @@ def test_null_calibration_of_npc_over_two_correlated_modalities():
     low, high = binomial_interval(n_datasets)
     for how, count in rejected.items():
         assert low <= count <= high, (how, rejected)
+
+
+def _write_gifti(values: np.ndarray, path) -> None:
+    array = nib.gifti.GiftiDataArray(np.asarray(values, dtype=np.float32), intent="NIFTI_INTENT_NONE",
+                                     datatype="NIFTI_TYPE_FLOAT32")
+    nib.save(nib.GiftiImage(darrays=[array]), str(path))
+
+
+def _surface_study(folder, n=8):
+    """Two modalities of n subjects on fsaverage5 as GIFTI pairs: columns path_left/right and md_path_left/right."""
+    from runner.data.surface import bundled_mesh
+
+    sizes = {h: len(m.vertices) for h, m in bundled_mesh("fsaverage5").items()}
+    rng = np.random.default_rng(21)
+    rows = []
+    for subject in range(n):
+        row = {"participant_id": f"sub-{subject:02d}"}
+        for column in ("path", "md_path"):
+            for hemi, side in (("L", "left"), ("R", "right")):
+                name = f"sub-{subject:02d}_{column}_hemi-{hemi}.func.gii"
+                _write_gifti(rng.standard_normal(sizes[hemi]) + 0.3, folder / name)
+                row[f"{column}_{side}"] = name
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    table.to_csv(folder / "table.tsv", sep="\t", index=False)
+    return table
+
+
+def _fisher_of_one_sample_tests(modalities):
+    """Fisher's combination of the two-sided one-sample t tests of each (n, V) array, written the textbook way."""
+    log_p = []
+    for Y in modalities:
+        n = Y.shape[0]
+        t = Y.mean(axis=0) / (Y.std(axis=0, ddof=1) / np.sqrt(n))
+        log_p.append(np.log(2 * stats.t.sf(np.abs(t), n - 1)))
+    return -2 * np.sum(log_p, axis=0)
+
+
+@pytest.mark.slow
+def test_surface_modalities_as_gifti_pairs_and_as_cifti(tmp_path):
+    from runner.demo.__main__ import export_cifti
+
+    folder = tmp_path / "study"
+    folder.mkdir()
+    table = _surface_study(folder)
+    base = ["data.mesh=fsaverage5", "correction=[npc]", "correction.npc.n_permutations=20", "report=false",
+            "contrasts=[{name:mean,expr:Intercept}]"]
+    gifti_run = tmp_path / "gifti"
+    summary = run_analysis(gifti_run, [f"data.table={folder / 'table.tsv'}", "correction.npc.modalities=[md_path]",
+                                       *base])
+    assert summary["contrasts"]["npcFisher"]["npc"]["combined"] == "Fisher combination of mean on path, md_path"
+    read = {column: np.stack([np.concatenate([np.asarray(nib.load(folder / row[f"{column}_{side}"]).darrays[0].data,
+                                                         dtype=np.float64) for side in ("left", "right")])
+                              for _, row in table.iterrows()]) for column in ("path", "md_path")}
+    statistic = np.concatenate([np.asarray(nib.load(gifti_run / f"contrast-npcFisher_stat-fisher_hemi-{h}"
+                                                    "_statmap.func.gii").darrays[0].data) for h in ("L", "R")])
+    inside = statistic != 0  # the medial wall is left out (0 in the outputs)
+    expected = _fisher_of_one_sample_tests([read["path"][:, inside], read["md_path"][:, inside]])
+    np.testing.assert_allclose(statistic[inside], expected, rtol=1e-4)
+    manifest = json.loads((gifti_run / "manifest.json").read_text())
+    assert sum(r.get("role") == "modality md_path" for r in manifest["inputs"]) == 2 * len(table)  # both files
+
+    # the same maps as CIFTI: one .dscalar.nii column per modality, the same combined statistic
+    for column in ("path", "md_path"):
+        single = tmp_path / f"as_{column}"
+        single.mkdir()
+        pairs = table[["participant_id", f"{column}_left", f"{column}_right"]]
+        pairs = pairs.rename(columns={f"{column}_left": "path_left", f"{column}_right": "path_right"})
+        pairs = pairs.assign(path_left=[str(folder / p) for p in pairs.path_left],
+                             path_right=[str(folder / p) for p in pairs.path_right])
+        pairs.to_csv(single / "table.tsv", sep="\t", index=False)
+        converted = pd.read_csv(export_cifti(single / "table.tsv"), sep="\t")
+        table[f"cifti_{column}"] = [str(single / p) for p in converted["path"]]
+    cifti_table = table[["participant_id", "cifti_path", "cifti_md_path"]].rename(columns={"cifti_path": "path"})
+    cifti_table.to_csv(folder / "table_cifti.tsv", sep="\t", index=False)
+    cifti_run = tmp_path / "cifti"
+    run_analysis(cifti_run, [f"data.table={folder / 'table_cifti.tsv'}",
+                             "correction.npc.modalities=[cifti_md_path]", *base])
+    combined = nib.load(cifti_run / "contrast-npcFisher_stat-fisher_statmap.dscalar.nii").get_fdata()[0]
+    np.testing.assert_allclose(np.sort(combined[np.isfinite(combined) & (combined != 0)]),
+                               np.sort(statistic[inside]), rtol=1e-6)
+    with pytest.raises(RunnerError, match="needs a column 'md_left' of hemisphere GIFTI files; did you mean 'md_path_left'"):
+        run_analysis(tmp_path / "bad", [f"data.table={folder / 'table.tsv'}", "correction.npc.modalities=[md]",
+                                        *base])

@@ -243,6 +243,43 @@ def smooth_on_mesh(maps: np.ndarray, space: MeshSpace, fwhm: float | None) -> np
     return np.ascontiguousarray(out.T)
 
 
+def read_surface_maps(images: tuple[ImageRef, ...], sizes: dict[str, int],
+                      progress: Callable[[float], Any] | None = None,
+                      what: str = "input") -> tuple[np.ndarray, dict[str, str], Any]:
+    """Every map on all vertices of both hemispheres (maps x vertices, left then right), the sha256 of each file,
+    and the CIFTI brain models (None for GIFTI pairs); CIFTI files must all carry the same brain models."""
+    from runner.data.cifti import CiftiRef, read_cifti_map
+
+    rows, digests = [], {}
+    layout = None  # CIFTI: the brain models of the first file (every file must carry the same)
+    for ref in images:
+        if isinstance(ref, CiftiRef):
+            if not ref.path.is_file():
+                raise RunnerError(f"{what} {ref.path} does not exist")
+            content = ref.path.read_bytes()
+            found = read_cifti_map(ref.path, sizes, content)
+            if layout is not None and found.layout.signature != layout.signature:
+                raise RunnerError(f"{what} {ref.path} has other brain models than {images[0].path} (other "
+                                  "vertices or voxels); give every map on the same brain models")
+            layout = layout or found.layout
+            rows.append(found.values)
+            digests[str(ref.path)] = hashlib.sha256(content).hexdigest()
+            if progress:
+                progress(1.0)
+            continue
+        if not isinstance(ref, SurfaceRef):
+            raise RunnerError(f"{what} {ref} is not a pair of hemisphere files: surface analyses (data.mesh) read "
+                              "a table with data.path_left_column and data.path_right_column")
+        left, left_bytes = read_gifti_map(ref.path, sizes["L"], f"left hemisphere {what}")
+        right, right_bytes = read_gifti_map(ref.right, sizes["R"], f"right hemisphere {what}")  # type: ignore[arg-type]
+        rows.append(np.concatenate([left, right]))
+        digests[str(ref.path)] = hashlib.sha256(left_bytes).hexdigest()
+        digests[str(ref.right)] = hashlib.sha256(right_bytes).hexdigest()
+        if progress:
+            progress(1.0)
+    return np.vstack(rows), digests, layout
+
+
 # -- loading -------------------------------------------------------------------------------------------------------
 def load_surface_data(inputs: InputSet, settings: DataConfig,
                       progress: Callable[[float], Any] | None = None) -> Any:
@@ -253,38 +290,9 @@ def load_surface_data(inputs: InputSet, settings: DataConfig,
     """
     from runner.data.loader import GroupData
 
-    from runner.data.cifti import CiftiRef, read_cifti_map
-
     hemispheres = load_mesh(settings)
     sizes = {h: len(m.vertices) for h, m in hemispheres.items()}
-    rows, digests = [], {}
-    layout = None  # CIFTI: the brain models of the first file (every file must carry the same)
-    for ref in inputs.images:
-        if isinstance(ref, CiftiRef):
-            if not ref.path.is_file():
-                raise RunnerError(f"input {ref.path} does not exist")
-            content = ref.path.read_bytes()
-            found = read_cifti_map(ref.path, sizes, content)
-            if layout is not None and found.layout.signature != layout.signature:
-                raise RunnerError(f"input {ref.path} has other brain models than {inputs.images[0].path} (other "
-                                  "vertices or voxels); give every map on the same brain models")
-            layout = layout or found.layout
-            rows.append(found.values)
-            digests[str(ref.path)] = hashlib.sha256(content).hexdigest()
-            if progress:
-                progress(1.0)
-            continue
-        if not isinstance(ref, SurfaceRef):
-            raise RunnerError(f"input {ref} is not a pair of hemisphere files: surface analyses (data.mesh) read "
-                              "a table with data.path_left_column and data.path_right_column")
-        left, left_bytes = read_gifti_map(ref.path, sizes["L"], "left hemisphere input")
-        right, right_bytes = read_gifti_map(ref.right, sizes["R"], "right hemisphere input")  # type: ignore[arg-type]
-        rows.append(np.concatenate([left, right]))
-        digests[str(ref.path)] = hashlib.sha256(left_bytes).hexdigest()
-        digests[str(ref.right)] = hashlib.sha256(right_bytes).hexdigest()
-        if progress:
-            progress(1.0)
-    full = np.vstack(rows)
+    full, digests, layout = read_surface_maps(inputs.images, sizes, progress)
     cortex = np.concatenate([hemispheres[h].cortex for h in HEMISPHERES])
     notes: list[str] = []
     if layout is not None:  # vertices outside the CIFTI brain models are not data
@@ -312,7 +320,7 @@ def load_surface_data(inputs: InputSet, settings: DataConfig,
     mask = cortex & finite
     if not mask.any():
         raise RunnerError("no vertex is left in the surface mask: every vertex is on the medial wall or NaN")
-    empty = [i for i in range(len(rows)) if not np.any(full[i, mask])]
+    empty = [i for i in range(full.shape[0]) if not np.any(full[i, mask])]
     if empty:
         raise RunnerError(f"input {inputs.images[empty[0]]} is all zeros on the cortex: an empty or failed "
                           "first-level map? remove its row")
@@ -324,10 +332,54 @@ def load_surface_data(inputs: InputSet, settings: DataConfig,
     for note in notes:
         log.warning(note)
     log.info("loaded %d surface map(s): %d vertices in the mask (%s, %d medial-wall or uncovered vertices left "
-             "out)", len(rows), int(mask.sum()), name, int((~cortex).sum()))
+             "out)", full.shape[0], int(mask.sum()), name, int((~cortex).sum()))
     surface = Surface(str(name), hemispheres, space, cifti=layout, labels=load_annotations(settings, sizes))
     return GroupData(Y=Y, mask=mask, affine=np.eye(4), table=inputs.table, inputs=inputs.images,
                      input_sha256=digests, notes=tuple(notes), surface=surface)
+
+
+# -- further maps of the same rows (another modality) ----------------------------------------------------------------
+def companion_surface_images(table: pd.DataFrame, table_path: Path, column: str, cifti: bool,
+                             setting: str) -> tuple[ImageRef, ...]:
+    """Each row's map of another modality: ``column`` naming CIFTI files when the inputs are CIFTI, else the GIFTI
+    pair in ``<column>_left`` / ``<column>_right`` (as ``path`` gives ``path_left`` / ``path_right``)."""
+    from runner.data.cifti import CiftiRef
+
+    table_path = Path(table_path)
+    wanted = [column] if cifti else [f"{column}_left", f"{column}_right"]
+    for name in wanted:
+        if name not in table.columns:
+            kind = "CIFTI files" if cifti else "hemisphere GIFTI files"
+            raise RunnerError(f"{setting} names {column!r}: data.table {table_path} needs a column {name!r} of "
+                              f"{kind}; {did_you_mean(name, table.columns)}")
+    if cifti:
+        return tuple(CiftiRef(_resolve(table_path, value, row, column, cifti=True))
+                     for row, value in enumerate(table[column]))
+    left, right = ([_resolve(table_path, value, row, name) for row, value in enumerate(table[name])]
+                   for name in wanted)
+    return tuple(SurfaceRef(a, right=b) for a, b in zip(left, right))
+
+
+def load_surface_companions(images: tuple[ImageRef, ...], data: Any, settings: DataConfig,
+                            what: str) -> tuple[np.ndarray, dict[str, str]]:
+    """Another modality's maps at the in-mask vertices of ``data`` (GroupData of a surface analysis), smoothed on
+    the mesh as the inputs were; other brain models, or NaN at an in-mask vertex, are refused with the file named."""
+    surface = data.surface
+    sizes = {h: len(surface.hemispheres[h].vertices) for h in HEMISPHERES}
+    full, digests, layout = read_surface_maps(images, sizes, what=what)
+    expected = surface.cifti
+    if (layout is None) != (expected is None) or (layout is not None and layout.signature != expected.signature):
+        raise RunnerError(f"{what} {images[0].path} is not on the brain models of the input maps; give every "
+                          "modality on the same mesh and brain models")
+    values = full[:, data.mask]
+    bad = ~np.isfinite(values).all(axis=1)
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise RunnerError(f"{what} {images[first]} has NaN or infinite values at vertices inside the mask of the "
+                          "input maps; fix the map")
+    values = smooth_on_mesh(values, surface.space, settings.smoothing_fwhm)
+    log.info("loaded %d %s(s) at %d vertices", len(images), what, values.shape[1])
+    return np.ascontiguousarray(values, dtype=data.Y.dtype), digests
 
 
 def load_annotations(settings: DataConfig, sizes: dict[str, int]) -> dict[str, np.ndarray] | None:

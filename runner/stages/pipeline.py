@@ -15,7 +15,14 @@ from runner.outputs.writer import OutputWriter
 from runner.stages import model as model_stage
 from runner.stages.execution import run_executor
 from runner.stages.inference import run_corrections
-from runner.stages.prepare import gather_inputs, load_with_progress, make_contrasts, make_design, table_source
+from runner.stages.prepare import (
+    gather_inputs,
+    load_with_progress,
+    make_contrasts,
+    make_design,
+    table_path,
+    table_source,
+)
 
 
 def run_stages(settings: RunSettings, writer: OutputWriter, timings: Any, resolved: dict[str, Any],
@@ -82,31 +89,46 @@ def _variance_images(settings: RunSettings, inputs: Any) -> tuple[Any, ...]:
 
 
 def _modality_images(settings: RunSettings, inputs: Any) -> dict[str, tuple[Any, ...]]:
-    """``correction.npc.modalities``: each named column's map for every kept row, checked before any map is read
-    (volume inputs, each column once: checked with the settings)."""
+    """``correction.npc.modalities``: each named column's maps for every kept row, checked before any map is read
+    (each column once, tables only: checked with the settings). Surface tables name a GIFTI pair per modality
+    (``<column>_left`` / ``<column>_right``) or, for CIFTI inputs, one ``.dscalar.nii`` column."""
     npc = settings.correction.get("npc")
     columns = list(getattr(npc, "modalities", None) or [])
     if not columns:
         return {}
+    source, folder = table_source(settings)
+    if is_surface(settings.data):
+        from runner.data.cifti import CiftiRef
+        from runner.data.surface import companion_surface_images
+
+        table = table_path(settings)
+        cifti = isinstance(inputs.images[0], CiftiRef)
+        return {column: companion_surface_images(inputs.table, table, column, cifti, "correction.npc.modalities")
+                for column in columns}
     from runner.data.companions import companion_images
 
-    source, folder = table_source(settings)
     return {column: companion_images(inputs.table, column, folder, source, f"modality {column} map",
                                      "correction.npc.modalities") for column in columns}
 
 
 def _load_modalities(settings: RunSettings, data: Any, refs: dict[str, tuple[Any, ...]],
                      fields: dict[str, Any]) -> dict[str, Any]:
-    """Each further modality's maps on the input maps' grid and mask, smoothed as they were; recorded as inputs."""
+    """Each further modality's maps on the input maps' grid (or mesh) and mask, smoothed as they were; recorded as
+    inputs."""
     from runner.data.companions import load_companions
+    from runner.data.surface import load_surface_companions
 
     loaded = {}
     for column, images in refs.items():
-        loaded[column], digests = load_companions(
-            images, data.mask, data.affine, what=f"modality {column} map", allow_resample=settings.data.resample,
-            smoothing_fwhm=settings.data.smoothing_fwhm, dtype=data.Y.dtype, n_jobs=settings.n_jobs)
-        fields["inputs"].extend({"path": str(ref), "sha256": digests.get(str(ref.path)), "role": f"modality {column}"}
-                                for ref in images)
+        what = f"modality {column} map"
+        if data.surface is not None:
+            loaded[column], digests = load_surface_companions(images, data, settings.data, what)
+        else:
+            loaded[column], digests = load_companions(
+                images, data.mask, data.affine, what=what, allow_resample=settings.data.resample,
+                smoothing_fwhm=settings.data.smoothing_fwhm, dtype=data.Y.dtype, n_jobs=settings.n_jobs)
+        fields["inputs"].extend({**record, "role": f"modality {column}"} for ref in images
+                                for record in input_records(ref, digests))
     return loaded
 
 

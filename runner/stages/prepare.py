@@ -73,12 +73,20 @@ def table_source(settings: RunSettings) -> tuple[str, Path | None]:
     if data.glob and not data.image_4d:
         path = data.participants
         return (f"data.participants {path}", Path(path).parent) if path else ("the data.glob file list", None)
-    table = data.table
-    if table is None and data.demo and not data.image_4d:
+    table = table_path(settings)
+    return (f"data.table {table}", table.parent) if table else ("the data.image_4d table", None)
+
+
+def table_path(settings: RunSettings) -> Path | None:
+    """The table of a table analysis: data.table, or the demo's table.tsv (generated when needed)."""
+    data = settings.data
+    if data.table is not None:
+        return Path(data.table)
+    if data.demo and not data.image_4d and not data.glob:
         from runner.demo.datasets import ensure_demo
 
-        table = str(ensure_demo(data.demo))
-    return (f"data.table {table}", Path(table).parent) if table else ("the data.image_4d table", None)
+        return Path(ensure_demo(data.demo))
+    return None
 
 
 def id_column(settings: RunSettings, inputs: InputSet) -> str | None:
