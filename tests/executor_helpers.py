@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from runner.execution import Progress, Task
+from runner.execution.local import DEFAULT_BLAS_THREADS, blas_limit
 
 @dataclass(frozen=True)
 class Handle:
@@ -37,12 +38,15 @@ class PicklingExecutor:
     def map(self, tasks: Iterable[Task], progress: Progress | None = None) -> Iterator[Any]:
         tasks = list(tasks)
         results: list[Any] = [None] * len(tasks)
-        for index in reversed(range(len(tasks))):
-            payload = pickle.dumps(tasks[index])
-            self.task_sizes.append(len(payload))
-            task = pickle.loads(payload)
-            arguments = tuple(self.shared[a.key] if isinstance(a, Handle) else a for a in task.arguments)
-            results[index] = pickle.loads(pickle.dumps(task.function(*arguments)))
+        # tasks run with BLAS pinned, as on every real executor: some BLAS builds (OpenBLAS 0.3.31) split a
+        # product over their threads and round differently with another thread count
+        with blas_limit(DEFAULT_BLAS_THREADS):
+            for index in reversed(range(len(tasks))):
+                payload = pickle.dumps(tasks[index])
+                self.task_sizes.append(len(payload))
+                task = pickle.loads(payload)
+                arguments = tuple(self.shared[a.key] if isinstance(a, Handle) else a for a in task.arguments)
+                results[index] = pickle.loads(pickle.dumps(task.function(*arguments)))
         for task, result in zip(tasks, results, strict=True):
             if progress is not None:
                 progress(task.weight)

@@ -37,6 +37,9 @@ log = logging.getLogger("runner")
 
 INSTALL_HINT = ("executor=dask needs Dask: pip install 'second-level-runner[dask]' "
                 "(dask[distributed], and dask-jobqueue for SLURM / PBS)")
+# Resubmissions of a task cancelled because every copy of its scattered data died with its workers (Dask keeps one
+# replica of data no task is reading); each time the data are scattered again first.
+LOST_DATA_RENEWALS = 3
 
 
 def import_distributed() -> Any:
@@ -140,14 +143,16 @@ class DaskExecutor:
                 future.cancel()
 
     def _collect(self, entry: list[Any], progress: Progress | None) -> Any:
-        """The result of one submitted task; resubmitted (up to ``retries`` times) when its shared data were lost."""
+        """The result of one submitted task; resubmitted (up to ``LOST_DATA_RENEWALS`` times) when it was cancelled
+        because its shared data were lost with their workers. That is not a failure of the task, so ``retries``
+        (which counts tasks that raised) does not bound it."""
         task = entry[0]
-        for attempt in range(self.retries + 1):
+        for attempt in range(LOST_DATA_RENEWALS + 1):
             try:
                 result = entry[1].result()
                 break
             except concurrent.futures.CancelledError:
-                if attempt == self.retries or not self._renew_lost(task):
+                if attempt == LOST_DATA_RENEWALS or not self._renew_lost(task):
                     raise
                 entry[1] = self._submit(task)
         if progress is not None:
