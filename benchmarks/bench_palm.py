@@ -3,6 +3,7 @@
 Run on demand (not a test)::
 
     .venv/bin/python benchmarks/bench_palm.py calibration                    # 500 smooth null datasets
+    .venv/bin/python benchmarks/bench_palm.py npc-voxel --datasets 20000     # NPC at one voxel: method vs code
     .venv/bin/python benchmarks/bench_palm.py tail                           # 500 + tail vs 100,000 permutations
     .venv/bin/python benchmarks/bench_palm.py tail --method tfce --reference 20000
     .venv/bin/python benchmarks/bench_palm.py tail-studies --datasets 10     # PALM's fit against ours
@@ -16,6 +17,12 @@ modalities: a second map per subject correlated ``--modality-correlation`` with 
 so the other methods' datasets do not change), the three contrasts on each. It prints, per
 method, the share of datasets with any FWE p <= alpha over the family (the three contrasts), its 95%
 Clopper-Pearson interval and the verdict against the central 95% binomial interval of alpha.
+
+``npc-voxel``: the same design (an intercept, three random covariates, their three contrasts on two modalities
+correlated ``--modality-correlation``) at one voxel, where the FWE p is the permutation p itself, by Freedman-Lane
+and by permutation of the raw data (Manly, exact under this global null): the rejection rate of Fisher and Tippett
+by an independent implementation written here (numpy only) and by the runner's ``npc_inference``, on the same
+datasets. It tells the approximation of the method (Freedman-Lane) from an error of the implementation.
 
 ``tail``: a one-sample study with effects of graded size (smooth noise plus blobs); FWE p of ``--method`` (max-T or
 TFCE) from ``--short``
@@ -103,6 +110,64 @@ def calibration(args: argparse.Namespace) -> None:
         ci = clopper_pearson(count, args.datasets)
         verdict = "inside" if low <= rate <= high else ("above" if rate > high else "below")
         print(f"  {name:32s} FWE {rate:.3f}  (95% CI {ci[0]:.3f}-{ci[1]:.3f})  {verdict}")
+
+
+def npc_voxel_reference(Y: np.ndarray, X: np.ndarray, orders: np.ndarray, method: str) -> dict[str, float]:
+    """Permutation p of Fisher's and Tippett's combination of the covariate contrasts (columns 1..) of ``X`` on
+    every column of ``Y`` (one voxel, one column per modality), written from the definitions: each contrast's
+    nuisance is the other columns, Freedman-Lane permutes its residuals, Manly the data; two-sided parametric p of
+    each partial t; ``orders[0]`` is the identity."""
+    n, p = X.shape
+    dof = n - p
+    pinv = np.linalg.pinv(X)
+    unscaled = np.linalg.inv(X.T @ X)
+    logs = []
+    for j in range(1, p):
+        nuisance = np.delete(X, j, axis=1)
+        hat = nuisance @ np.linalg.pinv(nuisance)
+        shuffled = (hat @ Y)[None] + (Y - hat @ Y)[orders] if method == "freedman_lane" else Y[orders]
+        beta = np.einsum("kn,pnm->pkm", pinv, shuffled)
+        residuals = shuffled - np.einsum("nk,pkm->pnm", X, beta)
+        t = beta[:, j, :] / np.sqrt((residuals**2).sum(axis=1) / dof * unscaled[j, j])
+        logs.append(stats.t.logsf(np.abs(t), dof) + np.log(2.0))
+    logs = np.concatenate(logs, axis=1)
+    combined = {"fisher": -2.0 * logs.sum(axis=1), "tippett": -logs.min(axis=1)}
+    return {how: float(np.mean(value >= value[0] * (1 - 1e-12))) for how, value in combined.items()}
+
+
+def npc_voxel(args: argparse.Namespace) -> None:
+    rng = np.random.default_rng(args.seed)
+    rho, n = args.modality_correlation, args.subjects
+    mask = np.ones((1, 1, 1), dtype=bool)
+    contrasts = [np.eye(4)[[k]] for k in (1, 2, 3)]
+    counts = {(who, method, how): 0 for who in ("reference", "runner") for method in ("freedman_lane", "manly")
+              for how in ("fisher", "tippett")}
+    start = time.perf_counter()
+    for index in range(args.datasets):
+        X = np.column_stack([np.ones(n), rng.standard_normal((n, 3))])
+        first = rng.standard_normal(n)
+        Y = np.column_stack([first, rho * first + np.sqrt(1 - rho**2) * rng.standard_normal(n)])
+        orders = np.array([np.arange(n)] + [rng.permutation(n) for _ in range(args.permutations - 1)])
+        for method in ("freedman_lane", "manly"):
+            for how, p in npc_voxel_reference(Y, X, orders, method).items():
+                counts[("reference", method, how)] += p <= args.alpha
+            options = PermutationOptions(n_permutations=args.permutations, seed=index, scheme="permutation",
+                                         method=method)
+            for how in ("fisher", "tippett"):
+                result = npc_inference(Y[:, :1], X, contrasts, how, options, modalities=[Y[:, 1:]])
+                counts[("runner", method, how)] += result.corrected_p.min() <= args.alpha
+        if (index + 1) % 1000 == 0:
+            print(f"  {index + 1} datasets, {time.perf_counter() - start:.0f} s", flush=True)
+    low, high = (stats.binom.ppf(0.025, args.datasets, args.alpha) / args.datasets,
+                 stats.binom.isf(0.025, args.datasets, args.alpha) / args.datasets)
+    print(f"{args.datasets} null datasets at one voxel, {n} maps, 3 covariate contrasts on 2 modalities (correlation "
+          f"{rho}), {args.permutations} permutations, alpha {args.alpha}; 95% binomial interval of alpha: "
+          f"{low:.4f}-{high:.4f}")
+    for (who, method, how), count in counts.items():
+        rate = count / args.datasets
+        ci = clopper_pearson(count, args.datasets)
+        verdict = "inside" if low <= rate <= high else ("above" if rate > high else "below")
+        print(f"  {who:9s} {method:13s} {how:7s} {rate:.4f}  (95% CI {ci[0]:.4f}-{ci[1]:.4f})  {verdict}")
 
 
 def tail(args: argparse.Namespace) -> None:
@@ -214,7 +279,7 @@ def tfce_time(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=("calibration", "tail", "tail-studies", "tfce-time"))
+    parser.add_argument("what", choices=("calibration", "npc-voxel", "tail", "tail-studies", "tfce-time"))
     parser.add_argument("--datasets", type=int, default=500)
     parser.add_argument("--subjects", type=int, default=None, help="default: 20 (calibration, tail), 100 (tfce)")
     parser.add_argument("--shape", type=int, default=12)
@@ -232,7 +297,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.subjects is None:
         args.subjects = 100 if args.what == "tfce-time" else 20
-    {"calibration": calibration, "tail": tail, "tail-studies": tail_studies, "tfce-time": tfce_time}[args.what](args)
+    {"calibration": calibration, "npc-voxel": npc_voxel, "tail": tail, "tail-studies": tail_studies,
+     "tfce-time": tfce_time}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -91,7 +91,7 @@ def test_every_map_and_sidecar_passes_the_schema_file_rules(run_dir, schema):
 
 
 def test_surface_and_model_level_map_names_pass_the_schema_file_rules(schema):
-    from runner.outputs.naming import surface_map_name
+    from runner.outputs.naming import sidecar_name, surface_map_name
 
     compiled = schema_file_rules(extended_schema(schema))
     for name in ("stat-tau2_statmap.nii.gz", "stat-tau2_statmap.json", "stat-dof_statmap.nii.gz"):  # model=mfx
@@ -99,6 +99,7 @@ def test_surface_and_model_level_map_names_pass_the_schema_file_rules(schema):
     for correction, desc in ((None, None), ("fdr", None), ("rft", "clusterlevel"), (None, "permutation")):
         name = surface_map_name("mean", "z", "L", correction, desc=desc)
         assert any(rule.match(name) for rule in compiled), name
+        assert any(rule.match(sidecar_name(name)) for rule in compiled), sidecar_name(name)
 
 
 def _check_value(value, definition: dict, where: str) -> None:

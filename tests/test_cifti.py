@@ -125,6 +125,9 @@ def test_cifti_outputs_keep_the_inputs_brain_models_and_equal_the_gifti_run(fsav
         expected = gifti_counterpart(runs["gifti"], entry["path"])[covered]
         np.testing.assert_array_equal(values[:covered.sum()], expected.astype(np.float32), err_msg=entry["path"])
         assert np.isnan(values[covered.sum():]).all()  # the left-out thalamus voxels
+        sidecar = json.loads((runs["cifti"] / (entry["path"][: -len(".dscalar.nii")] + ".json")).read_text())
+        assert sidecar["Contrast"] == entry["contrast"] and sidecar["Statistic"] == entry["stat"]
+        assert sidecar["Structures"] == entry["structures"]
     for table in ("contrast-mean_desc-fdr_clusters.tsv", "contrast-mean_desc-clustersize_clusters.tsv"):
         assert (runs["cifti"] / table).read_bytes() == (runs["gifti"] / table).read_bytes()
     assert any("left out 3 subcortical voxel(s)" in n and "NaN" in n for n in manifests["cifti"]["notes"])

@@ -131,6 +131,23 @@ def test_outputs_are_named_and_registered_per_hemisphere(surface_study):
                                                                       "sub-00_hemi-R.func.gii"}
 
 
+def test_every_hemisphere_map_has_its_bids_sidecar(surface_study):
+    """A .func.gii map's sidecar is its name with .json for .func.gii, listed in the manifest, and says what the
+    map holds (as the volume maps' sidecars do) and which hemisphere."""
+    _, run_dir, manifest, _ = surface_study
+    listed = {e["path"] for e in manifest["outputs"]}
+    maps = [e for e in manifest["outputs"] if e["kind"] == "map"]
+    for entry in maps:
+        sidecar = entry["path"][: -len(".func.gii")] + ".json"
+        assert sidecar in listed, sidecar
+        content = json.loads((run_dir / sidecar).read_text())
+        assert content["Contrast"] == entry["contrast"] and content["Statistic"] == entry["stat"]
+        assert content["Hemisphere"] == entry["hemi"] and content["Correction"] == entry.get("correction")
+    t_maps = [e for e in maps if e["stat"] == "t"]
+    assert t_maps and all(json.loads((run_dir / (e["path"][:-9] + ".json")).read_text())["DegreesOfFreedom"]
+                          == N_SUBJECTS - 1 for e in t_maps)
+
+
 def test_mesh_clusters_are_connected_components_of_the_edge_graph(surface_study):
     """The FDR cluster table: each cluster is a connected component of the suprathreshold vertices on the face
     edges (scipy's csgraph over the edges listed by the faces), its area the summed vertex areas (Heron)."""

@@ -58,7 +58,7 @@ def map_name(contrast: str, stat: str, correction: str | None = None, suffix: st
 
 def sidecar_name(file_name: str) -> str:
     """The JSON sidecar of an output file: the same name with ``.json`` for its extension (BIDS)."""
-    for extension in (".nii.gz", ".nii", ".tsv", ".gii"):
+    for extension in (".func.gii", ".shape.gii", ".dscalar.nii", ".nii.gz", ".nii", ".tsv", ".gii"):
         if file_name.endswith(extension):
             return file_name[: -len(extension)] + ".json"
     raise ValueError(f"no sidecar rule for {file_name!r}")

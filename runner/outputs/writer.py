@@ -115,14 +115,19 @@ class OutputWriter:
             write_atomic(target, lambda tmp: tmp.write_bytes(payload))
         path = self._register(name, target, "map", contrast=contrast, stat=stat, correction=correction,
                               alpha=alpha, threshold=threshold, **extra)
+        self._map_sidecar(name, contrast, stat, correction, extra)
+        return path
+
+    def _map_sidecar(self, name: str, contrast: str, stat: str, correction: str | None,
+                     extra: dict[str, Any]) -> Path:
+        """The JSON sidecar of the map just registered as ``name`` (volume, hemisphere or CIFTI alike)."""
         if extra.get("dof") is not None:
             self._dof[contrast] = extra["dof"]
         sidecar = bids_derivative.map_sidecar(
             contrast, stat, correction, self.entries[-1].alpha, self.entries[-1].threshold,
             extra.get("dof", self._dof.get(contrast)), {k: v for k, v in extra.items() if k != "dof"})
-        self.json(sidecar, name=naming.sidecar_name(name), kind="sidecar", contrast=contrast, stat=stat,
-                  correction=correction)
-        return path
+        return self.json(sidecar, name=naming.sidecar_name(name), kind="sidecar", contrast=contrast, stat=stat,
+                         correction=correction)
 
     def json(self, content: dict[str, Any], *, name: str, kind: str, **meta: Any) -> Path:
         """Write a JSON file (sidecar, dataset_description.json): fixed key order, NaN as null, LF line ends."""
@@ -135,15 +140,17 @@ class OutputWriter:
                     correction: str | None = None, alpha: float | None = None, threshold: float | None = None,
                     desc: str | None = None, **extra: Any) -> list[Path]:
         """Write one GIFTI (float32, ``.func.gii``) per hemisphere, ``..._hemi-<L|R>_statmap.func.gii``, each
-        registered with its ``hemi``."""
+        registered with its ``hemi`` and with its JSON sidecar."""
         paths = []
         for hemi, values in hemispheres.items():
             name = naming.surface_map_name(contrast, stat, hemi, correction, desc=desc)
             target = self._target(name)
             payload = gifti_bytes(values, hemi)
-            write_atomic(target, lambda tmp, payload=payload: tmp.write_bytes(payload))
+            with storage_errors(path=target):
+                write_atomic(target, lambda tmp, payload=payload: tmp.write_bytes(payload))
             paths.append(self._register(name, target, "map", contrast=contrast, stat=stat, correction=correction,
                                         alpha=alpha, threshold=threshold, hemi=hemi, **extra))
+            self._map_sidecar(name, contrast, stat, correction, {**extra, "hemisphere": hemi})
         return paths
 
     def cifti_map(self, payload: bytes, *, contrast: str, stat: str, correction: str | None = None,
@@ -156,9 +163,11 @@ class OutputWriter:
         target = self._target(name)
         with storage_errors(path=target):
             write_atomic(target, lambda tmp: tmp.write_bytes(payload))
-        return self._register(name, target, "map", contrast=contrast, stat=stat, correction=correction,
+        path = self._register(name, target, "map", contrast=contrast, stat=stat, correction=correction,
                               alpha=alpha, threshold=threshold, hemi=hemi, structures=list(structures or []),
                               **extra)
+        self._map_sidecar(name, contrast, stat, correction, {**extra, "structures": list(structures or [])})
+        return path
 
     def table(self, frame: pd.DataFrame, *, suffix: str, kind: str = "table", contrast: str | None = None,
               stat: str | None = None, correction: str | None = None, alpha: float | None = None,
