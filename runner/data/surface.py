@@ -138,7 +138,8 @@ def load_mesh(settings: DataConfig) -> dict[str, Hemisphere]:
             raise RunnerError("data.mesh_left and data.mesh_right go together: give both .surf.gii files")
         out = {}
         for hemi, value in zip(HEMISPHERES, (settings.mesh_left, settings.mesh_right)):
-            vertices, faces = read_surf_gii(Path(str(value)).expanduser(), f"data.mesh_{'left' if hemi == 'L' else 'right'}")
+            setting = f"data.mesh_{'left' if hemi == 'L' else 'right'}"
+            vertices, faces = read_surf_gii(Path(str(value)).expanduser(), setting)
             out[hemi] = Hemisphere(vertices, faces, np.ones(len(vertices), bool))
         return out
     hemispheres = bundled_mesh(str(settings.mesh))
