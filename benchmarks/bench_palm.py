@@ -100,16 +100,22 @@ def calibration(args: argparse.Namespace) -> None:
             counts[f"npc {how}, 2 modalities"] += both.corrected_p.min() <= args.alpha
         if (index + 1) % 50 == 0:
             print(f"  {index + 1} datasets, {time.perf_counter() - start:.0f} s", flush=True)
-    low, high = (stats.binom.ppf(0.025, args.datasets, args.alpha) / args.datasets,
-                 stats.binom.isf(0.025, args.datasets, args.alpha) / args.datasets)
-    print(f"{args.datasets} null datasets, {args.subjects} maps, {args.shape}^3 box, sigma {args.smoothing} voxels, "
-          f"{args.permutations} permutations, alpha {args.alpha}; 95% binomial interval of alpha: "
-          f"{low:.3f}-{high:.3f}")
+    print_rates(counts, args.datasets, args.alpha,
+                f"{args.datasets} null datasets, {args.subjects} maps, {args.shape}^3 box, sigma {args.smoothing} "
+                f"voxels, {args.permutations} permutations, alpha {args.alpha}", label="FWE ", digits=3)
+
+
+def print_rates(counts: dict, n: int, alpha: float, header: str, label: str = "", digits: int = 4) -> None:
+    """Each method's share of the ``n`` null datasets it rejected, its 95% Clopper-Pearson interval and the
+    verdict against the central 95% binomial interval of ``alpha``."""
+    low, high = stats.binom.ppf(0.025, n, alpha) / n, stats.binom.isf(0.025, n, alpha) / n
+    print(f"{header}; 95% binomial interval of alpha: {low:.{digits}f}-{high:.{digits}f}")
     for name, count in counts.items():
-        rate = count / args.datasets
-        ci = clopper_pearson(count, args.datasets)
+        rate = count / n
+        ci = clopper_pearson(count, n)
         verdict = "inside" if low <= rate <= high else ("above" if rate > high else "below")
-        print(f"  {name:32s} FWE {rate:.3f}  (95% CI {ci[0]:.3f}-{ci[1]:.3f})  {verdict}")
+        name = " ".join(f"{part:13s}" for part in name) if isinstance(name, tuple) else f"{name:32s}"
+        print(f"  {name} {label}{rate:.{digits}f}  (95% CI {ci[0]:.{digits}f}-{ci[1]:.{digits}f})  {verdict}")
 
 
 def npc_voxel_reference(Y: np.ndarray, X: np.ndarray, orders: np.ndarray, method: str) -> dict[str, float]:
@@ -158,16 +164,9 @@ def npc_voxel(args: argparse.Namespace) -> None:
                 counts[("runner", method, how)] += result.corrected_p.min() <= args.alpha
         if (index + 1) % 1000 == 0:
             print(f"  {index + 1} datasets, {time.perf_counter() - start:.0f} s", flush=True)
-    low, high = (stats.binom.ppf(0.025, args.datasets, args.alpha) / args.datasets,
-                 stats.binom.isf(0.025, args.datasets, args.alpha) / args.datasets)
-    print(f"{args.datasets} null datasets at one voxel, {n} maps, 3 covariate contrasts on 2 modalities (correlation "
-          f"{rho}), {args.permutations} permutations, alpha {args.alpha}; 95% binomial interval of alpha: "
-          f"{low:.4f}-{high:.4f}")
-    for (who, method, how), count in counts.items():
-        rate = count / args.datasets
-        ci = clopper_pearson(count, args.datasets)
-        verdict = "inside" if low <= rate <= high else ("above" if rate > high else "below")
-        print(f"  {who:9s} {method:13s} {how:7s} {rate:.4f}  (95% CI {ci[0]:.4f}-{ci[1]:.4f})  {verdict}")
+    print_rates(counts, args.datasets, args.alpha,
+                f"{args.datasets} null datasets at one voxel, {n} maps, 3 covariate contrasts on 2 modalities "
+                f"(correlation {rho}), {args.permutations} permutations, alpha {args.alpha}")
 
 
 def tail(args: argparse.Namespace) -> None:
