@@ -93,6 +93,12 @@ def _subject_labels(n: int) -> list[str]:
     return [f"sub-{i:0{width}d}" for i in range(1, n + 1)]
 
 
+def start(seed: int, n: int) -> tuple[np.random.Generator, np.ndarray, np.ndarray, list[str]]:
+    """What every volume demo begins with: its only random generator, the grid's mask and affine, n subject labels."""
+    mask, affine = _grid()
+    return np.random.default_rng(seed), mask, affine, _subject_labels(n)
+
+
 # --------------------------------------------------------------------------------------------
 # localizer: one-sample, two-sample and covariate effects on first-level contrast maps
 
@@ -130,10 +136,8 @@ def generate_localizer(out_dir: Path, seed: int) -> None:
     seed : int
         Seed of the only random generator used.
     """
-    rng = np.random.default_rng(seed)
-    mask, affine = _grid()
     n = LOCALIZER_SUBJECTS
-    subjects = _subject_labels(n)
+    rng, mask, affine, subjects = start(seed, n)
 
     group = np.array(["control"] * (n // 2) + ["patient"] * (n - n // 2))[rng.permutation(n)]
     sex = rng.choice(np.array(["F", "M"]), size=n)
@@ -242,9 +246,7 @@ def generate_paired(out_dir: Path, seed: int) -> None:
     seed : int
         Seed of the only random generator used.
     """
-    rng = np.random.default_rng(seed)
-    mask, affine = _grid()
-    subjects = _subject_labels(PAIRED_SUBJECTS)
+    rng, mask, affine, subjects = start(seed, PAIRED_SUBJECTS)
     truth_mean = blob_map(PAIRED_COMMON_BLOBS, mask, affine)
     truth_condition = blob_map(PAIRED_DIFFERENCE_BLOBS, mask, affine)
 

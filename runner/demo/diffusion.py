@@ -44,10 +44,8 @@ def generate_diffusion(out_dir: Path, seed: int) -> None:
     """
     from runner.demo import datasets as demo
 
-    rng = np.random.default_rng(seed)
-    mask, affine = demo._grid()
     n = DIFFUSION_SUBJECTS
-    subjects = demo._subject_labels(n)
+    rng, mask, affine, subjects = demo.start(seed, n)
     age = np.round(rng.uniform(*DIFFUSION_AGE_RANGE, size=n), 1)
     sex = rng.choice(np.array(["F", "M"]), size=n)
 

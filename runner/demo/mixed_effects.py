@@ -41,10 +41,8 @@ def generate_mixed(out_dir: Path, seed: int) -> None:
     """
     from runner.demo import datasets as demo
 
-    rng = np.random.default_rng(seed)
-    mask, affine = demo._grid()
     n = MIXED_SUBJECTS
-    subjects = demo._subject_labels(n)
+    rng, mask, affine, subjects = demo.start(seed, n)
     low, high = np.log(MIXED_WITHIN_SD_RANGE)
     within_sd = np.exp(rng.uniform(low, high, size=n))
     n_trials = np.round(40.0 / within_sd**2).astype(int)  # what a user would see: fewer trials, noisier effect

@@ -43,11 +43,9 @@ def generate_vbm(out_dir: Path, seed: int) -> None:
     """
     from runner.demo import datasets as demo  # the shared file helpers; imported here to avoid a cycle
 
-    rng = np.random.default_rng(seed)
-    mask, affine = demo._grid()
-    template = np.where(mask, np.asarray(mni_gray_matter(demo.RESOLUTION_MM).dataobj, dtype=np.float64), 0.0)
     n = VBM_SUBJECTS
-    subjects = demo._subject_labels(n)
+    rng, mask, affine, subjects = demo.start(seed, n)
+    template = np.where(mask, np.asarray(mni_gray_matter(demo.RESOLUTION_MM).dataobj, dtype=np.float64), 0.0)
 
     age = np.round(rng.uniform(*VBM_AGE_RANGE, size=n), 1)
     sex = rng.choice(np.array(["F", "M"]), size=n)
