@@ -77,13 +77,17 @@ def _hydra_main(cfg: DictConfig) -> Any:
 
 def main() -> None:
     """Console entry point (``python -m runner``): refuse a bad command line in one line, then hand over to Hydra."""
-    from runner.prevalidate import prevalidate
+    from runner.prevalidate import prevalidate, show_job_config
 
     try:
         prevalidate(sys.argv[1:], CONFIG_PATH)
+        shown = show_job_config(sys.argv[1:], CONFIG_PATH)
     except RunnerError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
+    if shown is not None:  # --cfg job of a command line that chooses its methods: the config the run would use
+        print(shown, end="")
+        return
     from runner import sweeps
 
     sweeps.last_sweep_statuses = None  # set by this command's sweep summary, if it runs a sweep

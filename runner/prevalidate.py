@@ -73,6 +73,30 @@ def prevalidate(argv: list[str], config_dir: str, config_name: str = "config") -
     return settings  # the first job's
 
 
+def show_job_config(argv: list[str], config_dir: str, config_name: str = "config") -> str | None:
+    """``--cfg job`` of one job whose command line chooses its methods (``correction=[...]``): the job's config as
+    YAML with the preset's unchosen methods dropped, as the run drops them (Hydra's own printing would still show
+    them). None for every other command line, which Hydra shows itself."""
+    from omegaconf import OmegaConf
+
+    from runner.selection import chosen_corrections
+
+    try:
+        args, unknown = command_line_parser().parse_known_args(argv)
+    except (argparse.ArgumentError, SystemExit):
+        return None
+    overrides = list(args.overrides)
+    if (args.cfg != "job" or unknown or args.resolve or args.package or args.multirun or args.help
+            or args.hydra_help or args.info or chosen_corrections(overrides) is None
+            or any(o.is_sweep_override() for o in parse(overrides))):
+        return None
+    config, _ = compose(config_dir, args.config_name or config_name, overrides, args.config_dir, values=True)
+    job = OmegaConf.create(OmegaConf.to_container(config, resolve=False))
+    job.pop("hydra", None)
+    drop_unchosen_corrections(job, overrides, warn=False)
+    return OmegaConf.to_yaml(job)
+
+
 def parse(overrides: list[str]) -> list[Any]:
     """Hydra's parse of the overrides (public grammar); a syntax error becomes one line."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -148,9 +172,9 @@ def _is_for_hydra(override: Any, groups: set[str]) -> bool:
 
 
 def compose(config_dir: str, config_name: str, overrides: list[str],
-            user_config_dir: str | None = None) -> tuple[Any, set[str]]:
+            user_config_dir: str | None = None, values: bool = False) -> tuple[Any, set[str]]:
     """Compose the config as Hydra would from the group choices and Hydra settings among ``overrides`` (the
-    key=value overrides are left out); returns it and the names of the top-level config groups."""
+    key=value overrides are left out unless ``values``); returns it and the names of the top-level config groups."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -174,7 +198,7 @@ def compose(config_dir: str, config_name: str, overrides: list[str],
             context = initialize_config_dir(config_dir=config_dir, version_base="1.3")
         with context:
             groups = set(GlobalHydra.instance().config_loader().list_groups(""))
-            chosen = [text for text, o in zip(overrides, parse(overrides)) if _is_for_hydra(o, groups)]
+            chosen = [text for text, o in zip(overrides, parse(overrides)) if values or _is_for_hydra(o, groups)]
             return hydra_compose(config_name=config_name, overrides=chosen + extra, return_hydra_config=True), groups
     except RunnerError:
         raise

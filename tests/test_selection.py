@@ -52,3 +52,26 @@ def test_a_run_records_and_runs_only_the_chosen_methods(tmp_path):
     assert {entry.get("correction") for entry in manifest["outputs"]} <= {None, "bonferroni"}
     assert list(yaml.safe_load((run_dir / "config.yaml").read_text())["correction"]) == ["bonferroni"]
     assert not list(run_dir.glob("*desc-maxt*"))
+
+
+def test_cfg_job_shows_the_config_the_run_will_use(tmp_path):
+    """``--cfg job`` with a preset and ``correction=[maxt]``: Hydra's own printing of the job config (taken here with
+    ``--package _global_``, which the runner leaves to Hydra), less the preset's npc entry; the same YAML text
+    otherwise. Without a choice of methods Hydra prints it, unchanged."""
+    chosen = ["+experiment=palm_contrasts", "correction=[maxt]", "correction.maxt.alpha=0.01"]
+    ours = run_cli([*chosen, "--cfg", "job"], cwd=tmp_path)
+    hydras = run_cli([*chosen, "--cfg", "job", "--package", "_global_"], cwd=tmp_path)
+    assert ours.returncode == 0 and hydras.returncode == 0, ours.stderr + hydras.stderr
+    expected = yaml.safe_load(hydras.stdout)
+    assert "npc" in expected["correction"]  # Hydra merges the preset's body whatever the choice
+    del expected["correction"]["npc"]
+    shown = yaml.safe_load(ours.stdout)
+    assert shown == expected and shown["correction"]["maxt"]["alpha"] == 0.01
+    lines, skipping = [], False  # Hydra's text without the npc block: the same text otherwise
+    for line in hydras.stdout.splitlines(keepends=True):
+        skipping = line.startswith("  npc:") or (skipping and line.startswith("    "))
+        if not skipping:
+            lines.append(line)
+    assert ours.stdout == "".join(lines)
+    plain = run_cli(["+experiment=palm_contrasts", "--cfg", "job"], cwd=tmp_path)
+    assert "npc" in yaml.safe_load(plain.stdout)["correction"]  # the preset's own choice keeps npc
