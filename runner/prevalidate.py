@@ -55,6 +55,10 @@ def prevalidate(argv: list[str], config_dir: str, config_name: str = "config") -
         args, unknown = command_line_parser().parse_known_args(argv)
     except (argparse.ArgumentError, SystemExit):  # a flag without its value: Hydra prints its usage message
         return None
+    modes = [flag for flag, given in (("--run", args.run), ("--multirun", args.multirun), ("--cfg", args.cfg),
+                                      ("--info", args.info), ("--shell-completion", args.shell_completion)) if given]
+    if len(modes) > 1:  # Hydra raises a ValueError with a traceback for this
+        raise RunnerError(f"{' and '.join(modes)} cannot be given together; give one of them")
     if unknown or any(getattr(args, flag) for flag in _NO_ANALYSIS):
         return None
     name = args.config_name or config_name

@@ -129,6 +129,10 @@ def unreadable_table(root):
     return Setup(["data.table=/proc/self/mem"], "data.table /proc/self/mem cannot be read")
 
 
+def cfg_with_multirun(root):
+    return Setup(["--cfg", "job", "-m"], "--multirun and --cfg cannot be given together; give one of them")
+
+
 def empty_design_matrix(root):
     return Setup(["design.formula='0'"], "the design matrix has no columns")
 
@@ -280,7 +284,7 @@ CASES = [
     experiment_in_another_config_group, smoothing_beyond_the_field_of_view, text_repetition_in_a_formula,
     list_repetition_in_a_formula, list_repetition_in_a_contrast, same_image_by_two_spellings,
     same_image_through_a_symlink, duplicated_table_column, four_d_mask, formula_and_design_matrix,
-    nan_in_an_exchangeability_block_column, overflowing_values,
+    nan_in_an_exchangeability_block_column, overflowing_values, cfg_with_multirun,
 ]
 
 
